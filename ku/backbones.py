@@ -1,0 +1,414 @@
+"""keras.applications backbones that take 0..255 RGB, and the MLSP tap points of Hosu et al. 2019.
+
+Hosu, Goldluecke, Saupe, "Effective Aesthetics Prediction with Multi-level Spatially Pooled
+Features", CVPR 2019, §3.1: MLSP features pool the output of every inception module of
+Inception-v3 (11 blocks, 10,048 channels) or InceptionResNet-v2 (43 blocks, 16,928 channels).
+The exact layers are those of the released code (``research/ku_anchor.md`` §2.1):
+
+* InceptionV3: the layers named exactly ``mixed0`` .. ``mixed10`` (the graph also contains the
+  inner concatenations ``mixed9_0`` and ``mixed9_1``, which are *not* taps);
+* InceptionResNetV2: every layer whose name contains ``mixed``, in model layer order:
+  ``mixed_5b``, ``block35_{1..10}_mixed``, ``mixed_6a``, ``block17_{1..20}_mixed``, ``mixed_7a``,
+  ``block8_{1..10}_mixed``. The ``block*_mixed`` layers are the branch concatenations inside
+  each residual block (before the 1x1 up-projection and the residual addition).
+
+ImageNet weights come from Keras' cache (``$KERAS_HOME/models`` or ``~/.keras/models``). Nothing
+is downloaded when the file is already there; when it is missing, one download is attempted (with
+a timeout) and, if that fails, :class:`WeightsUnavailableError` says which file to put where.
+There is never a silent fall-back to random weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import keras
+
+from ku.layers.preprocessing import ImagePreprocessing
+
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "WeightsUnavailableError",
+    "build_backbone",
+    "keras_cache_dir",
+    "imagenet_weights_path",
+    "mlsp_tap_names",
+    "mlsp_block_channels",
+]
+
+logger = logging.getLogger(__name__)
+
+_GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither in Keras' cache nor downloadable (e.g. an offline machine).
+
+    Attributes:
+        file_name: the Keras weight file name, e.g.
+            ``inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5``.
+        url: where Keras downloads it from.
+        folder: the cache folder where an offline user can put the file.
+    """
+
+    def __init__(self, message, file_name=None, url=None, folder=None):
+        super().__init__(message)
+        self.file_name = file_name
+        self.url = url
+        self.folder = folder
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone.
+
+    Attributes:
+        constructor: name of the ``keras.applications`` constructor (e.g. ``"InceptionV3"``).
+        module: ``keras.applications`` sub-module holding ``preprocess_input``.
+        preprocessing: :class:`ku.layers.ImagePreprocessing` mode.
+        weights_file: Keras' file name of the ImageNet weights without the classifier ("notop").
+        weights_url: the URL Keras downloads ``weights_file`` from.
+        weights_md5: the MD5 hash Keras checks the download against.
+        taps: MLSP tap layers: a tuple of exact layer names, or a regular expression that is
+            searched in every layer name (taps in model layer order).
+        block_channels: channels of each tap (same order as ``taps``).
+        min_size: smallest input side the network accepts.
+        paper: where the tap definition comes from.
+    """
+
+    constructor: str
+    module: str
+    preprocessing: str
+    weights_file: str
+    weights_url: str
+    weights_md5: str
+    taps: object
+    block_channels: tuple
+    min_size: int
+    paper: str = ""
+
+
+_IRNV2_TAPS = tuple(
+    ["mixed_5b"]
+    + [f"block35_{i}_mixed" for i in range(1, 11)]
+    + ["mixed_6a"]
+    + [f"block17_{i}_mixed" for i in range(1, 21)]
+    + ["mixed_7a"]
+    + [f"block8_{i}_mixed" for i in range(1, 11)]
+)
+_IRNV2_CHANNELS = tuple([320] + [128] * 10 + [1088] + [384] * 20 + [2080] + [448] * 10)
+_IV3_TAPS = tuple(f"mixed{i}" for i in range(11))
+_IV3_CHANNELS = (256, 288, 288, 768, 768, 768, 768, 768, 1280, 2048, 2048)
+
+
+def _resnet_taps(blocks):
+    return tuple(f"conv{s + 2}_block{b}_out" for s, n in enumerate(blocks) for b in range(1, n + 1))
+
+
+def _resnet_channels(blocks):
+    return tuple(256 * 2**s for s, n in enumerate(blocks) for _ in range(n))
+
+
+#: name -> :class:`BackboneSpec`. The first two are the paper's (Hosu 2019 §3.1); the others
+#: are available for other pooling schemes (Murray & Gordo 2017 use ResNet-101); their "taps"
+#: (every residual block output / every VGG block's pooling output) are ku's choice, not a paper's.
+BACKBONES = {
+    "inception_resnet_v2": BackboneSpec(
+        constructor="InceptionResNetV2",
+        module="inception_resnet_v2",
+        preprocessing="tf",
+        weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_url=_GCS
+        + "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_md5="d19885ff4a710c122648d3b5c3b684e4",
+        taps=_IRNV2_TAPS,
+        block_channels=_IRNV2_CHANNELS,
+        min_size=75,
+        paper="Hosu et al. 2019 §3.1: 43 blocks, 16,928 channels (released code: names containing 'mixed')",
+    ),
+    "inception_v3": BackboneSpec(
+        constructor="InceptionV3",
+        module="inception_v3",
+        preprocessing="tf",
+        weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_url=_GCS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_md5="bcbd6486424b2319ff4ef7d526e38f63",
+        taps=_IV3_TAPS,
+        block_channels=_IV3_CHANNELS,
+        min_size=75,
+        paper="Hosu et al. 2019 §3.1: 11 blocks mixed0..mixed10, 10,048 channels",
+    ),
+    "resnet50": BackboneSpec(
+        constructor="ResNet50",
+        module="resnet",
+        preprocessing="caffe",
+        weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_url=_GCS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_md5="4d473c1dd8becc155b73f8504c6f6626",
+        taps=_resnet_taps((3, 4, 6, 3)),
+        block_channels=_resnet_channels((3, 4, 6, 3)),
+        min_size=32,
+        paper="ku extension: residual block outputs",
+    ),
+    "resnet101": BackboneSpec(
+        constructor="ResNet101",
+        module="resnet",
+        preprocessing="caffe",
+        weights_file="resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_url=_GCS + "resnet/resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_md5="88cf7a10940856eca736dc7b7e228a21",
+        taps=_resnet_taps((3, 4, 23, 3)),
+        block_channels=_resnet_channels((3, 4, 23, 3)),
+        min_size=32,
+        paper="ku extension: residual block outputs (Murray & Gordo 2017 use ResNet-101)",
+    ),
+    "vgg16": BackboneSpec(
+        constructor="VGG16",
+        module="vgg16",
+        preprocessing="caffe",
+        weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_url=_GCS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        weights_md5="6d6bbae143d832006294945121d1f1fc",
+        taps=tuple(f"block{i}_pool" for i in range(1, 6)),
+        block_channels=(64, 128, 256, 512, 512),
+        min_size=32,
+        paper="ku extension: VGG block outputs",
+    ),
+}
+
+
+def _spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+def keras_cache_dir() -> Path:
+    """Folder where Keras keeps downloaded application weights: ``$KERAS_HOME/models``, else
+    ``~/.keras/models`` (read at call time, so a changed ``KERAS_HOME`` is honoured)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(os.path.expanduser(home)) / "models"
+
+
+def _candidate_files(file_name: str):
+    """Cache locations Keras itself would use (its /tmp fall-back for read-only homes too)."""
+    primary = keras_cache_dir() / file_name
+    fallback = Path(tempfile.gettempdir()) / ".keras" / "models" / file_name
+    return [primary] if fallback == primary else [primary, fallback]
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, target: Path, md5: str, timeout: float) -> None:
+    """Download ``url`` to ``target`` atomically (temp file + rename), check the MD5."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, length=1 << 20)
+        got = _md5(Path(tmp))
+        if got != md5:
+            raise OSError(f"MD5 mismatch for {url}: got {got}, expected {md5}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.0) -> Path:
+    """Local path of a backbone's ImageNet "notop" weights, downloading them if allowed.
+
+    The cache is checked first (``keras_cache_dir()``, then Keras' ``/tmp/.keras/models``
+    fall-back), so no network access happens when the file is present.
+
+    Raises:
+        WeightsUnavailableError: not cached and the download is disabled or failed; the message
+            names the file, the URL and the folder to put it in.
+    """
+    spec = _spec(name)
+    for path in _candidate_files(spec.weights_file):
+        if path.is_file():
+            logger.debug("using cached ImageNet weights %s", path)
+            return path
+    target = keras_cache_dir() / spec.weights_file
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(target.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # Keras' own fall-back for read-only homes
+        target = _candidate_files(spec.weights_file)[-1]
+    reason = "download disabled (download=False)"
+    if download:
+        logger.info("downloading %s to %s", spec.weights_url, target)
+        try:
+            _download(spec.weights_url, target, spec.weights_md5, timeout)
+            return target
+        except Exception as e:  # URLError/timeouts (OSError), http.client errors, MD5 mismatch
+            reason = f"download failed: {type(e).__name__}: {e}"
+    folder = keras_cache_dir()
+    raise WeightsUnavailableError(
+        f"ImageNet weights for backbone {name!r} are not available ({reason}).\n"
+        f"  file:   {spec.weights_file}\n"
+        f"  url:    {spec.weights_url}\n"
+        f"  md5:    {spec.weights_md5}\n"
+        f"  folder: {folder}\n"
+        f"On an offline machine, download the file elsewhere and copy it to "
+        f"{folder / spec.weights_file} (the folder follows $KERAS_HOME, default ~/.keras), "
+        f"or pass weights='<path to the .h5 file>'.",
+        file_name=spec.weights_file,
+        url=spec.weights_url,
+        folder=str(folder),
+    )
+
+
+def _load_weights(model: keras.Model, path: Path, what: str) -> None:
+    try:
+        model.load_weights(str(path))
+    except Exception as e:  # h5py / shape errors: name the file
+        raise ValueError(
+            f"Could not load {what} weights from {path}: {type(e).__name__}: {e}. "
+            "Expected a Keras weights file (.h5 in the keras.applications layout, or .weights.h5 "
+            "saved from a ku backbone of the same architecture); a truncated download also "
+            "fails here - delete the file and retry."
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------
+def build_backbone(
+    name: str,
+    weights="imagenet",
+    input_shape=(None, None, 3),
+    *,
+    download: bool = True,
+    timeout: float = 30.0,
+) -> keras.Model:
+    """A keras.applications network (``include_top=False``) that takes 0..255 RGB images.
+
+    The model is one flat functional graph: ``Input -> ImagePreprocessing(mode) -> the
+    keras.applications layers``, with all of Keras' layer names kept, so MLSP taps can be found
+    with ``model.get_layer(name)`` (see :func:`mlsp_tap_names`).
+
+    Args:
+        name: a key of :data:`BACKBONES` (``"inception_resnet_v2"``, ``"inception_v3"``,
+            ``"resnet50"``, ``"resnet101"``, ``"vgg16"``).
+        weights: ``"imagenet"`` (from Keras' cache, downloaded once if possible, else
+            :class:`WeightsUnavailableError`), a path to a ``.h5`` / ``.weights.h5`` file, or
+            ``None`` for random initialisation.
+        input_shape: ``(H, W, 3)``; ``None`` sides accept any image size (MLSP extracts at the
+            original resolution, Hosu et al. §3.1). Inception networks need sides >= 75 px.
+        download: allow a download when the ImageNet file is not cached.
+        timeout: socket timeout in seconds for that download.
+
+    Returns:
+        ``keras.Model`` named like the keras.applications model (e.g. ``"inception_v3"``).
+
+    Raises:
+        ValueError: unknown name, bad input shape, or a weights file that does not load.
+        FileNotFoundError: ``weights`` is a path that does not exist.
+        WeightsUnavailableError: ImageNet weights neither cached nor downloadable.
+    """
+    spec = _spec(name)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"build_backbone: input_shape must be (H, W, 3), got {input_shape!r}")
+    for side in input_shape[:2]:
+        if side is not None and side < spec.min_size:
+            raise ValueError(
+                f"build_backbone: {name} needs input sides >= {spec.min_size}, got {input_shape!r}"
+            )
+
+    # Resolve the weights before building anything (fail fast, no silent fall-back).
+    if weights is None:
+        weights_path, what = None, None
+    elif isinstance(weights, str) and weights == "imagenet":
+        weights_path, what = imagenet_weights_path(name, download, timeout), "ImageNet"
+    elif isinstance(weights, (str, os.PathLike)):
+        weights_path, what = Path(weights).expanduser(), "user"
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"build_backbone: weights file {weights_path} does not exist")
+        if not weights_path.name.endswith((".h5", ".hdf5")):
+            raise ValueError(
+                f"build_backbone: weights file {weights_path} must be a .h5 or .weights.h5 file"
+            )
+    else:
+        raise ValueError(
+            f"build_backbone: weights must be 'imagenet', None or a file path, got {weights!r}"
+        )
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = ImagePreprocessing(spec.preprocessing, name="preprocessing")(inputs)
+    constructor = getattr(keras.applications, spec.constructor)
+    app = constructor(include_top=False, weights=None, input_tensor=x)
+    # keras.applications keeps the source inputs as a list; re-wrap for a single-tensor input.
+    model = keras.Model(inputs, app.output, name=app.name)
+    if weights_path is not None:
+        _load_weights(model, weights_path, what)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# MLSP taps
+# ---------------------------------------------------------------------------------------------
+def mlsp_tap_names(name: str, model: Optional[keras.Model] = None) -> list:
+    """Names of the layers whose outputs form the MLSP features (Hosu et al. 2019 §3.1).
+
+    Without ``model`` the names are the known ones of the keras.applications graph. With a
+    model they are looked up in it (InceptionResNetV2: every layer whose name contains
+    ``"mixed"``, in model layer order, as the released code did; the others: the exact names),
+    and a missing layer raises ``ValueError``.
+
+    Returns:
+        list of str: 43 names for ``"inception_resnet_v2"``, 11 (``mixed0`` .. ``mixed10``) for
+        ``"inception_v3"``.
+    """
+    spec = _spec(name)
+    expected = list(spec.taps)
+    if model is None:
+        return expected
+    layer_names = [layer.name for layer in model.layers]
+    if name == "inception_resnet_v2":
+        found = [n for n in layer_names if "mixed" in n]
+        if found != expected:
+            raise ValueError(
+                f"mlsp_tap_names: model {model.name!r} does not look like keras' "
+                f"InceptionResNetV2: found {len(found)} layers containing 'mixed', expected 43 "
+                f"({expected[:2]} ... {expected[-1:]})"
+            )
+        return found
+    present = set(layer_names)
+    missing = [n for n in expected if n not in present]
+    if missing:
+        raise ValueError(
+            f"mlsp_tap_names: model {model.name!r} lacks the {name} tap layers {missing[:5]}"
+            + (" ..." if len(missing) > 5 else "")
+        )
+    return expected
+
+
+def mlsp_block_channels(name: str) -> list:
+    """Channels of each MLSP tap (e.g. the block sizes ``b_i`` of the Multi-3FC head, Hosu
+    et al. 2019 §3.2.1 / Fig. 5). Sums: 16,928 (InceptionResNetV2), 10,048 (InceptionV3)."""
+    return list(_spec(name).block_channels)

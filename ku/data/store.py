@@ -1,0 +1,659 @@
+"""Crash-safe HDF5 store for per-image, per-augmentation features (float16).
+
+Hosu et al. 2019 §3.1 store the features of the 8 augmentations of every image "in a single HDF5
+file", as float16 ("no significant decrease in performance ... when converting features from 32 to
+16 bit"). The released code wrote one HDF5 dataset per image and per augmentation group (hundreds
+of thousands of datasets; research/ku_anchor.md §2.4). This store keeps one array instead.
+
+File layout (format ``ku.feature_store/1``)::
+
+    /features  (N, A, *feature_shape)  float16   chunks (1, 1, *feature_shape), no compression
+    /ids       (N,)  utf-8 strings               row -> image id
+    /complete  (N,)  uint8                       1 = the row's features are written
+    /failed    (N,)  uint8                       1 = the last extraction attempt failed
+    attrs: format, feature_shape, dtype, n_augmentations, augmentations (names), ku_version and
+           everything the caller passes (backbone, weights, taps, pooling, ...)
+
+One chunk holds one augmentation of one image, so a training read of one augmentation of one row
+touches exactly one chunk (a contiguous 33.9 kB block for narrow IRNv2 features).
+
+Crash safety (a process killed with SIGKILL at any moment leaves a valid file holding only complete
+rows): the file and all datasets are created up front with *early allocation* (every chunk's file
+space and the chunk index exist before any feature is written), no timestamps and no compression,
+into a temporary file that is renamed into place. Afterwards the writer only overwrites raw data in
+place -- HDF5 metadata is never modified -- in this order: features of a batch of rows, flush,
+then their ``complete`` flags, flush. A kill before the second flush leaves the flags at 0, and
+the rows are redone on resume. The file is deliberately written with the earliest file-format
+version (superblock v0), which has no "file is open for writing" flag that a killed writer would
+leave set. Readers trust only rows whose flag is 1.
+
+Determinism: no timestamps are stored (no ``created`` attribute, ``track_times=False``), attributes
+are written in sorted order and unwritten space is left unfilled (sparse), so two runs that compute
+the same features produce byte-identical files -- also after kill + resume, and after
+extracting in shards and merging (:func:`merge_stores`). Not protected against power loss unless
+``fsync=True``.
+
+HDF5 files are not safe to read while another process writes them; read a store after its
+extraction finished (or stopped).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT",
+    "FeatureStore",
+    "FeatureStoreError",
+    "IncompleteRowsError",
+    "MissingIdsError",
+    "merge_stores",
+    "shard_path",
+    "shard_bounds",
+]
+
+FORMAT = "ku.feature_store/1"
+#: attributes owned by the store (derived from the arguments of :meth:`FeatureStore.create`)
+RESERVED_ATTRS = ("format", "feature_shape", "dtype", "n_augmentations", "augmentations", "ku_version")
+#: attributes that describe one shard and are dropped when shards are merged
+SHARD_ATTRS = ("shard",)
+_FLAG_DATASETS = ("complete", "failed")
+
+
+class FeatureStoreError(ValueError):
+    """Bad feature store file or bad request (the message names the file)."""
+
+
+class IncompleteRowsError(FeatureStoreError):
+    """Rows were requested whose features were never written (or whose extraction failed)."""
+
+
+class MissingIdsError(FeatureStoreError, KeyError):
+    """Ids that are not in the store."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _ku_version() -> str:
+    import ku
+
+    return ku.__version__
+
+
+def _preview(items, k=5) -> str:
+    items = list(items)
+    s = ", ".join(repr(str(x)) for x in items[:k])
+    return s + (f", ... ({len(items)} in all)" if len(items) > k else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# attributes
+
+def _attr_to_h5(key: str, value):
+    """Python value -> something h5py stores deterministically."""
+    if value is None:
+        raise TypeError(f"attrs[{key!r}] is None; HDF5 attributes need a value (use a string)")
+    if isinstance(value, (bool, np.bool_)):
+        return np.uint8(bool(value))  # stored as 0/1 (portable across HDF5 readers)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return np.int64(value)
+    if isinstance(value, (float, np.floating)):
+        return np.float64(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        arr = list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else list(value)
+        if all(isinstance(v, str) for v in arr):  # includes the empty list
+            return np.array(arr, dtype=h5py.string_dtype("utf-8"))
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr):
+            return np.array(arr, dtype=np.int64)
+        if all(isinstance(v, (int, float, np.integer, np.floating)) for v in arr):
+            return np.array(arr, dtype=np.float64)
+        raise TypeError(f"attrs[{key!r}]: lists must hold only strings or only numbers, got {value!r}")
+    raise TypeError(
+        f"attrs[{key!r}]: unsupported type {type(value).__name__}; use str, int, float, bool or "
+        "a list of str / numbers (serialise dicts to JSON yourself)"
+    )
+
+
+def _attr_from_h5(value):
+    """h5py attribute value -> plain Python (str, int, float, list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_attr_from_h5(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def normalize_attrs(attrs: Mapping | None) -> dict:
+    """The Python values that reading the attributes back gives (for comparing attrs)."""
+    return {str(k): _attr_from_h5(_attr_to_h5(str(k), v)) for k, v in (attrs or {}).items()}
+
+
+def diff_attrs(a: Mapping, b: Mapping, ignore: Iterable[str] = ()) -> list[str]:
+    """Keys whose normalised values differ (missing on one side counts), sorted."""
+    a, b = normalize_attrs(a), normalize_attrs(b)
+    keys = (set(a) | set(b)) - set(ignore)
+    return sorted(k for k in keys if a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def _describe_diff(a: Mapping, b: Mapping, keys: Sequence[str], name_a="file", name_b="requested") -> str:
+    a, b = normalize_attrs(a), normalize_attrs(b)
+    parts = []
+    for k in keys[:6]:
+        va, vb = repr(a.get(k, "<missing>")), repr(b.get(k, "<missing>"))
+        parts.append(f"{k}: {name_a}={va[:80]} {name_b}={vb[:80]}")
+    return "; ".join(parts) + (f"; ... ({len(keys)} keys differ)" if len(keys) > 6 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# shards
+
+def shard_bounds(n_rows: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of shard ``k`` of ``n``: contiguous blocks ``k*N//n .. (k+1)*N//n``,
+    so that concatenating shards 0..n-1 gives the original order."""
+    k, n = shard
+    if not (isinstance(n, (int, np.integer)) and n >= 1 and 0 <= k < n):
+        raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+    return (k * n_rows) // n, ((k + 1) * n_rows) // n
+
+
+def shard_path(path, shard: tuple[int, int]) -> Path:
+    """``features.h5`` -> ``features.shard-01-of-04.h5`` (a suggested file name for a shard)."""
+    path = Path(path)
+    k, n = shard
+    width = len(str(n))
+    return path.with_name(f"{path.stem}.shard-{k:0{width}d}-of-{n:0{width}d}{path.suffix}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _dcpl_early(fill_never: bool = True):
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    if fill_never:
+        # do not write fill values: creation is O(1) even for TB-sized stores, the unwritten
+        # space stays sparse (reads as 0) and identical between runs
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+def _runs(sorted_rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """Contiguous runs of sorted unique rows: (row_start, row_stop, position_start)."""
+    if sorted_rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [sorted_rows.size]])
+    return [(int(sorted_rows[s]), int(sorted_rows[e - 1]) + 1, int(s)) for s, e in zip(starts, stops)]
+
+
+class FeatureStore:
+    """An HDF5 feature store (see the module docstring for the layout and crash-safety design).
+
+    Open an existing store with ``FeatureStore(path)`` (read-only) or ``FeatureStore(path, "r+")``
+    (to write rows); create one with :meth:`FeatureStore.create`. Use as a context manager or call
+    :meth:`close`. The object can be pickled (e.g. into data-loader worker processes): the HDF5
+    handle is not pickled but reopened lazily, also after a ``fork``.
+
+    Args:
+        path: the ``.h5`` file.
+        mode: ``"r"`` or ``"r+"``.
+        fsync: ``r+`` only: ``os.fsync`` after each flush (survives power loss, slower).
+    """
+
+    def __init__(self, path, mode: str = "r", fsync: bool = False):
+        if mode not in ("r", "r+"):
+            raise ValueError(f"FeatureStore mode must be 'r' or 'r+', got {mode!r} (create with FeatureStore.create)")
+        self.path = Path(path)
+        self.mode = mode
+        self.fsync = bool(fsync)
+        self._file = None
+        self._pid = None
+        self._lock = threading.Lock()
+        self._ids = None
+        self._index = None
+        self._complete = None
+        if not self.path.exists():
+            raise FileNotFoundError(f"feature store {self.path} does not exist")
+        f = self._h5()
+        try:
+            if f.attrs.get("format") is None or _attr_from_h5(f.attrs["format"]) != FORMAT:
+                raise FeatureStoreError(f"{self.path} is not a ku feature store (attrs['format'] != {FORMAT!r})")
+            for name in ("features", "ids") + _FLAG_DATASETS:
+                if name not in f:
+                    raise FeatureStoreError(f"{self.path}: dataset {name!r} missing (not a complete ku feature store)")
+            self.attrs = {k: _attr_from_h5(f.attrs[k]) for k in sorted(f.attrs.keys())}
+            shape = f["features"].shape
+        except Exception:
+            self.close()
+            raise
+        self.n_rows = int(shape[0])
+        self.n_augmentations = int(shape[1])
+        self.feature_shape = tuple(int(s) for s in shape[2:])
+        self.dtype = np.dtype(f["features"].dtype)
+        self.augmentations = tuple(self.attrs.get("augmentations", [f"aug{i}" for i in range(self.n_augmentations)]))
+
+    # -- handle management ------------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        pid = os.getpid()
+        if self._file is None or self._pid != pid:
+            # after fork() the inherited handle belongs to the parent: do not touch it
+            try:
+                self._file = h5py.File(self.path, self.mode)
+            except OSError as e:
+                hint = " (is another process writing it?)" if "lock" in str(e) else ""
+                raise OSError(f"cannot open feature store {self.path} (mode {self.mode!r}){hint}: {e}") from e
+            self._pid = pid
+        return self._file
+
+    def close(self):
+        """Close the HDF5 file (reopened lazily on next use)."""
+        if self._file is not None and self._pid == os.getpid():
+            try:
+                self._file.close()
+            except Exception:  # pragma: no cover - closing a broken handle
+                pass
+        self._file = None
+        self._pid = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self.n_rows
+
+    def __repr__(self):
+        return (f"FeatureStore({str(self.path)!r}, mode={self.mode!r}, rows={self.n_rows}, "
+                f"augmentations={self.n_augmentations}, feature_shape={self.feature_shape})")
+
+    # -- creation ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path,
+        ids: Sequence[str],
+        n_augmentations: int,
+        feature_shape: Sequence[int],
+        attrs: Mapping | None = None,
+        dtype="float16",
+        augmentations: Sequence[str] | None = None,
+        overwrite: bool = False,
+        fsync: bool = False,
+    ) -> "FeatureStore":
+        """Create an empty store (all rows incomplete) and return it opened ``"r+"``.
+
+        Args:
+            path: file to create; an existing file raises ``FileExistsError`` unless ``overwrite``.
+            ids: N unique image ids (strings), one per row.
+            n_augmentations: A, augmentations stored per image (8 in Hosu et al. §3.1).
+            feature_shape: shape of one feature, e.g. ``(16928,)`` or ``(5, 5, 16928)``.
+            attrs: extra attributes (str, int, float, bool, lists of str or numbers). The reserved
+                names ``format, feature_shape, dtype, n_augmentations, augmentations, ku_version``
+                are set by the store. No timestamp is written (so files are reproducible byte
+                for byte); pass one yourself if you want it.
+            dtype: storage dtype, ``"float16"`` (paper) or ``"float32"``.
+            augmentations: A names (default ``attrs["augmentations"]`` or ``aug0..``).
+        """
+        path = Path(path)
+        ids = [str(i) if not isinstance(i, str) else i for i in ids]
+        if not ids:
+            raise FeatureStoreError(f"{path}: cannot create a feature store without ids")
+        if len(set(ids)) != len(ids):
+            seen, dup = set(), []
+            for i in ids:
+                (dup.append(i) if i in seen else seen.add(i))
+            raise FeatureStoreError(f"{path}: duplicate ids: {_preview(dup)}")
+        n_augmentations = int(n_augmentations)
+        if n_augmentations < 1:
+            raise FeatureStoreError(f"{path}: n_augmentations must be >= 1, got {n_augmentations}")
+        feature_shape = tuple(int(s) for s in feature_shape)
+        if not feature_shape or any(s < 1 for s in feature_shape):
+            raise FeatureStoreError(f"{path}: feature_shape must be positive integers, got {feature_shape}")
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise FeatureStoreError(f"{path}: dtype must be a float type, got {dtype}")
+        attrs = dict(attrs or {})
+        if augmentations is None:
+            augmentations = attrs.pop("augmentations", None) or [f"aug{i}" for i in range(n_augmentations)]
+        augmentations = [getattr(a, "name", a) for a in augmentations]
+        if len(augmentations) != n_augmentations:
+            raise FeatureStoreError(
+                f"{path}: {len(augmentations)} augmentation names for n_augmentations={n_augmentations}")
+        derived = {
+            "format": FORMAT,
+            "feature_shape": list(feature_shape),
+            "dtype": dtype.name,
+            "n_augmentations": n_augmentations,
+            "augmentations": list(augmentations),
+            "ku_version": _ku_version(),
+        }
+        for k in RESERVED_ATTRS:
+            if k in attrs and k != "ku_version" and normalize_attrs({k: attrs[k]})[k] != normalize_attrs({k: derived[k]})[k]:
+                raise FeatureStoreError(f"{path}: attrs[{k!r}]={attrs[k]!r} contradicts the store ({derived[k]!r})")
+            attrs.pop(k, None)
+        attrs.update(derived)
+        h5attrs = {str(k): _attr_to_h5(str(k), v) for k, v in attrs.items()}
+
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"feature store {path} exists (pass overwrite=True to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        n = len(ids)
+        try:
+            with h5py.File(tmp, "w", libver="earliest") as f:
+                f.create_dataset(
+                    "features", shape=(n, n_augmentations) + feature_shape, dtype=dtype,
+                    chunks=(1, 1) + feature_shape, dcpl=_dcpl_early(), track_times=False)
+                f.create_dataset(
+                    "ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                    dcpl=_dcpl_early(fill_never=False), track_times=False)
+                for name in _FLAG_DATASETS:
+                    f.create_dataset(name, shape=(n,), dtype=np.uint8, fillvalue=0,
+                                     dcpl=_dcpl_early(fill_never=False), track_times=False)
+                for k in sorted(h5attrs):
+                    f.attrs[k] = h5attrs[k]
+                f.flush()
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        logger.info("created feature store %s: %d rows x %d augmentations x %s %s",
+                    path, n, n_augmentations, feature_shape, dtype.name)
+        return cls(path, "r+", fsync=fsync)
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def ids(self) -> np.ndarray:
+        """(N,) object array of the row ids (str)."""
+        if self._ids is None:
+            self._ids = self._h5()["ids"].asstr()[:]
+        return self._ids
+
+    def index_of(self, ids) -> np.ndarray | int:
+        """Row numbers of ``ids`` (a str gives an int). Unknown ids raise :class:`MissingIdsError`."""
+        if self._index is None:
+            self._index = {s: i for i, s in enumerate(self.ids)}
+        if isinstance(ids, str):
+            single = True
+            ids = [ids]
+        else:
+            single = False
+            ids = [str(i) for i in ids]
+        idx = [self._index.get(i, -1) for i in ids]
+        missing = [i for i, r in zip(ids, idx) if r < 0]
+        if missing:
+            raise MissingIdsError(f"{self.path}: {len(missing)} id(s) not in the store: {_preview(missing)}")
+        out = np.asarray(idx, dtype=np.int64)
+        return int(out[0]) if single else out
+
+    def complete_mask(self) -> np.ndarray:
+        """(N,) bool: rows whose features are written."""
+        if self._complete is None or self.mode == "r+":
+            with self._locked():
+                self._complete = self._h5()["complete"][:].astype(bool)
+        return self._complete.copy()
+
+    def failed_mask(self) -> np.ndarray:
+        """(N,) bool: rows whose last extraction attempt failed (they are also incomplete)."""
+        with self._locked():
+            return self._h5()["failed"][:].astype(bool)
+
+    @property
+    def n_complete(self) -> int:
+        return int(self.complete_mask().sum())
+
+    def check_complete(self, rows) -> None:
+        """Raise :class:`IncompleteRowsError` (naming the file and ids) if any row is incomplete."""
+        rows = self._check_rows(rows)
+        mask = self.complete_mask()
+        bad = rows[~mask[rows]]
+        if bad.size:
+            bad = np.unique(bad)
+            ids = self.ids[bad]
+            raise IncompleteRowsError(
+                f"{self.path}: {bad.size} requested row(s) have no features (extraction incomplete "
+                f"or failed): {_preview(ids)}; rerun the extraction or drop them")
+
+    def _check_rows(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.ndim == 0:
+            rows = rows[None]
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+            raise FeatureStoreError(f"{self.path}: rows must be a 1-D array of integers, got {rows.dtype} {rows.shape}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise FeatureStoreError(
+                f"{self.path}: row index out of range [0, {self.n_rows}): {rows[(rows < 0) | (rows >= self.n_rows)][:5].tolist()}")
+        return rows
+
+    def _locked(self):
+        if self._lock is None:
+            self._lock = threading.Lock()
+        return self._lock
+
+    # -- reading ----------------------------------------------------------------------------
+    def read(self, rows, augmentations="all", dtype=np.float32, check_complete: bool = True) -> np.ndarray:
+        """Read features of ``rows`` (any order, repeats allowed) in the caller's order.
+
+        Args:
+            rows: 1-D row numbers (see :meth:`index_of`).
+            augmentations: ``"all"`` -> (B, A, *feature_shape); an int -> that augmentation of every
+                row; a (B,) int array -> one augmentation per row; both -> (B, *feature_shape).
+            dtype: output dtype (float32 by default; the file holds float16).
+            check_complete: raise :class:`IncompleteRowsError` for rows never written.
+        Reads are sorted (HDF5 selections must be increasing) and touch only the requested chunks.
+        """
+        rows = self._check_rows(rows)
+        if check_complete:
+            self.check_complete(rows)
+        b = rows.size
+        if isinstance(augmentations, str):
+            if augmentations != "all":
+                raise FeatureStoreError(f"{self.path}: augmentations must be 'all', an int or an int array, got {augmentations!r}")
+            uniq, inv = np.unique(rows, return_inverse=True)
+            buf = np.empty((uniq.size, self.n_augmentations) + self.feature_shape, dtype=self.dtype)
+            with self._locked():
+                dset = self._h5()["features"]
+                for r0, r1, p0 in _runs(uniq):
+                    dset.read_direct(buf, np.s_[r0:r1], np.s_[p0 : p0 + (r1 - r0)])
+            return buf[inv].astype(dtype, copy=False) if b else buf.astype(dtype)
+        augs = np.asarray(augmentations)
+        if augs.ndim == 0:
+            augs = np.full(b, int(augs), dtype=np.int64)
+        if augs.shape != (b,) or (b and augs.dtype.kind not in "iu"):
+            raise FeatureStoreError(
+                f"{self.path}: augmentations must be 'all', an int or an int array of shape ({b},), got shape {augs.shape}")
+        augs = augs.astype(np.int64)
+        if b and (augs.min() < 0 or augs.max() >= self.n_augmentations):
+            raise FeatureStoreError(f"{self.path}: augmentation index out of range [0, {self.n_augmentations})")
+        keys = rows * self.n_augmentations + augs
+        uniq, inv = np.unique(keys, return_inverse=True)
+        urows, uaugs = np.divmod(uniq, self.n_augmentations)
+        buf = np.empty((uniq.size,) + self.feature_shape, dtype=self.dtype)
+        with self._locked():
+            dset = self._h5()["features"]
+            for a in np.unique(uaugs):
+                pos = np.flatnonzero(uaugs == a)  # rows sorted and unique within one augmentation
+                sel_rows = urows[pos]
+                for r0, r1, p0 in _runs(sel_rows):
+                    k = r1 - r0
+                    if k == 1:
+                        dset.read_direct(buf, np.s_[r0, a], np.s_[pos[p0]])
+                    else:
+                        buf[pos[p0 : p0 + k]] = dset[r0:r1, a]
+        return buf[inv].astype(dtype, copy=False) if b else buf.astype(dtype)
+
+    def read_ids(self, ids, augmentations="all", dtype=np.float32) -> np.ndarray:
+        """:meth:`read` by image id."""
+        return self.read(self.index_of(list(ids)), augmentations, dtype=dtype)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _require_writable(self):
+        if self.mode != "r+":
+            raise FeatureStoreError(f"{self.path} is open read-only; open with FeatureStore(path, 'r+')")
+
+    def _flush(self):
+        self._h5().flush()
+        if self.fsync:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _write_feature_runs(self, runs, features):
+        dset = self._h5()["features"]
+        for r0, r1, p0 in runs:
+            dset[r0:r1] = features[p0 : p0 + (r1 - r0)]
+
+    def _set_flags(self, runs, name, value):
+        dset = self._h5()[name]
+        for r0, r1, _ in runs:
+            dset[r0:r1] = np.full(r1 - r0, value, dtype=np.uint8)
+
+    def write_rows(self, start_or_rows, features) -> None:
+        """Write complete rows: features of all augmentations of each row, then mark them complete.
+
+        Args:
+            start_or_rows: first row (int; rows ``start .. start+len(features)-1``) or a 1-D array
+                of distinct row numbers in any order.
+            features: (k, A, *feature_shape), any float dtype (cast to the store dtype).
+        Order of operations (crash safety): features -> flush -> ``complete`` = 1 and ``failed``
+        = 0 -> flush.
+        """
+        self._require_writable()
+        features = np.asarray(features)
+        expected = (self.n_augmentations,) + self.feature_shape
+        if features.ndim < 1 or features.shape[1:] != expected:
+            raise FeatureStoreError(
+                f"{self.path}: features of shape {features.shape} do not match the store: expected "
+                f"(k, {', '.join(map(str, expected))}) = (rows, augmentations, *feature_shape)")
+        k = features.shape[0]
+        if isinstance(start_or_rows, (int, np.integer)):
+            rows = np.arange(int(start_or_rows), int(start_or_rows) + k, dtype=np.int64)
+        else:
+            rows = self._check_rows(start_or_rows)
+            if rows.size != k:
+                raise FeatureStoreError(f"{self.path}: {rows.size} rows for {k} feature rows")
+        rows = self._check_rows(rows)
+        if np.unique(rows).size != rows.size:
+            raise FeatureStoreError(f"{self.path}: write_rows got duplicate rows")
+        if k == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        if not np.array_equal(order, np.arange(k)):
+            features = features[order]
+        data = np.ascontiguousarray(features, dtype=self.dtype)
+        n_inf = int(np.count_nonzero(~np.isfinite(data)))
+        if n_inf:
+            logger.warning("%s: %d non-finite feature values after casting to %s (overflow?)",
+                           self.path, n_inf, self.dtype.name)
+        runs = _runs(rows)
+        with self._locked():
+            self._write_feature_runs(runs, data)
+            self._flush()
+            self._set_flags(runs, "complete", 1)
+            self._set_flags(runs, "failed", 0)
+            self._flush()
+        if self._complete is not None:
+            self._complete[rows] = True
+
+    def mark_failed(self, rows) -> None:
+        """Flag rows whose extraction failed (they stay incomplete)."""
+        self._require_writable()
+        rows = np.unique(self._check_rows(rows))
+        with self._locked():
+            self._set_flags(_runs(rows), "failed", 1)
+            self._flush()
+
+
+# ---------------------------------------------------------------------------------------------
+
+def merge_stores(paths: Sequence, out_path, overwrite: bool = False, block_bytes: int = 64 << 20) -> Path:
+    """Join shard stores into one: ids concatenated in the order of ``paths``.
+
+    All shards must agree on feature shape, dtype, augmentations and every attribute except
+    ``shard``. Shards written by :func:`ku.extraction.extract_features` carry ``shard = [k, n]``;
+    they must then be exactly shards ``0..n-1`` in order. Complete rows are copied (in blocks of
+    about ``block_bytes``), failure flags too; incomplete rows stay incomplete. Merging shards of
+    a run gives the same file, byte for byte, as the unsharded run.
+
+    Returns:
+        ``out_path`` as a :class:`~pathlib.Path`.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("merge_stores: no input stores")
+    stores = [FeatureStore(p) for p in paths]
+    try:
+        ref = stores[0]
+        for s in stores[1:]:
+            bad = diff_attrs(ref.attrs, s.attrs, ignore=SHARD_ATTRS)
+            if bad:
+                raise FeatureStoreError(
+                    f"merge_stores: {s.path} does not match {ref.path}: " + _describe_diff(s.attrs, ref.attrs, bad, s.path.name, ref.path.name))
+            if s.dtype != ref.dtype or s.feature_shape != ref.feature_shape or s.n_augmentations != ref.n_augmentations:
+                raise FeatureStoreError(f"merge_stores: {s.path} has a different layout than {ref.path}")
+        shards = [s.attrs.get("shard") for s in stores]
+        if any(x is not None for x in shards):
+            n = len(stores)
+            expected = [[k, n] for k in range(n)]
+            if shards != expected:
+                raise FeatureStoreError(
+                    f"merge_stores: expected shards {expected} in this order, got {shards} "
+                    f"from {[p.name for p in paths]}")
+        ids = [i for s in stores for i in s.ids]
+        attrs = {k: v for k, v in ref.attrs.items() if k not in SHARD_ATTRS}
+        out = FeatureStore.create(out_path, ids, ref.n_augmentations, ref.feature_shape, attrs=attrs,
+                                  dtype=ref.dtype, augmentations=ref.augmentations, overwrite=overwrite)
+        row_bytes = ref.n_augmentations * int(np.prod(ref.feature_shape)) * ref.dtype.itemsize
+        block = max(1, block_bytes // max(1, row_bytes))
+        with out:
+            offset = 0
+            for s in stores:
+                done = np.flatnonzero(s.complete_mask())
+                for i in range(0, done.size, block):
+                    rows = done[i : i + block]
+                    out.write_rows(rows + offset, s.read(rows, "all", dtype=s.dtype))
+                failed = np.flatnonzero(s.failed_mask())
+                if failed.size:
+                    out.mark_failed(failed + offset)
+                offset += s.n_rows
+        logger.info("merged %d stores (%d rows) into %s", len(stores), len(ids), out_path)
+        return Path(out_path)
+    finally:
+        for s in stores:
+            s.close()

@@ -1,0 +1,218 @@
+"""ku.backbones: MLSP taps (Hosu 2019 §3.1), preprocessing inside the model, weight loading."""
+import functools
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from ku import backbones as bb
+from ku.backbones import (
+    BACKBONES,
+    WeightsUnavailableError,
+    build_backbone,
+    mlsp_block_channels,
+    mlsp_tap_names,
+)
+from ku.layers import ImagePreprocessing
+
+
+@functools.lru_cache(maxsize=None)
+def cached_backbone(name):
+    """One randomly initialised backbone per name and test session (shared with
+    tests/test_mlsp_model.py, which imports this function)."""
+    return build_backbone(name, weights=None)
+
+
+@pytest.fixture(scope="session")
+def irnv2():
+    return cached_backbone("inception_resnet_v2")
+
+
+@pytest.fixture(scope="session")
+def iv3():
+    return cached_backbone("inception_v3")
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("no download may be attempted here")
+
+
+def _weights_equal(a, b):
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+# ---------------------------------------------------------------------------------------------
+# Taps
+# ---------------------------------------------------------------------------------------------
+def test_irnv2_taps(irnv2):
+    names = mlsp_tap_names("inception_resnet_v2", irnv2)
+    assert names == [layer.name for layer in irnv2.layers if "mixed" in layer.name]
+    assert len(names) == 43
+    assert names[0] == "mixed_5b" and names[-1] == "block8_10_mixed"
+    assert "conv_7b" not in names
+    channels = [irnv2.get_layer(n).output.shape[-1] for n in names]
+    assert sum(channels) == 16928
+    assert channels == mlsp_block_channels("inception_resnet_v2")
+    assert mlsp_tap_names("inception_resnet_v2") == names  # static list = model scan
+
+
+def test_iv3_taps_exclude_inner_concats(iv3):
+    names = mlsp_tap_names("inception_v3", iv3)
+    assert names == [f"mixed{i}" for i in range(11)]
+    layer_names = [layer.name for layer in iv3.layers]
+    assert "mixed9_0" in layer_names and "mixed9_1" in layer_names
+    assert "mixed9_0" not in names and "mixed9_1" not in names
+    assert len([n for n in layer_names if "mixed" in n]) == 13  # why a substring filter is wrong
+    channels = [iv3.get_layer(n).output.shape[-1] for n in names]
+    assert sum(channels) == 10048
+    assert channels == mlsp_block_channels("inception_v3")
+
+
+def test_taps_in_model_order(irnv2):
+    order = {layer.name: i for i, layer in enumerate(irnv2.layers)}
+    idx = [order[n] for n in mlsp_tap_names("inception_resnet_v2")]
+    assert idx == sorted(idx)
+
+
+def test_tap_names_errors(iv3):
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        mlsp_tap_names("alexnet")
+    with pytest.raises(ValueError, match="InceptionResNetV2"):
+        mlsp_tap_names("inception_resnet_v2", iv3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure and registry
+# ---------------------------------------------------------------------------------------------
+def test_backbone_contains_preprocessing(iv3, irnv2):
+    for model, name in [(iv3, "inception_v3"), (irnv2, "inception_resnet_v2")]:
+        assert model.name == name
+        assert isinstance(model.layers[1], ImagePreprocessing)
+        assert model.layers[1].mode == BACKBONES[name].preprocessing == "tf"
+        assert tuple(model.input.shape) == (None, None, None, 3)
+        assert model.output.shape[-1] == {"inception_v3": 2048, "inception_resnet_v2": 1536}[name]
+
+
+def test_backbone_output_equals_application_on_preprocessed_input(iv3):
+    # The wrapped graph computes exactly the keras.applications graph on preprocess_input(x).
+    x = np.random.default_rng(0).uniform(0, 255, size=(1, 80, 90, 3)).astype(np.float32)
+    inner = keras.Model(iv3.layers[1].output, iv3.output)
+    ref = inner(keras.applications.inception_v3.preprocess_input(x.copy()))
+    np.testing.assert_array_equal(np.asarray(iv3(x)), np.asarray(ref))
+
+
+def test_registry_matches_keras_sources():
+    from keras.src.applications import inception_resnet_v2, inception_v3, resnet, vgg16
+
+    irn = BACKBONES["inception_resnet_v2"]
+    assert irn.weights_url == inception_resnet_v2.BASE_WEIGHT_URL + irn.weights_file
+    assert BACKBONES["inception_v3"].weights_url == inception_v3.WEIGHTS_PATH_NO_TOP
+    assert BACKBONES["vgg16"].weights_url == vgg16.WEIGHTS_PATH_NO_TOP
+    for name in ["resnet50", "resnet101"]:
+        spec = BACKBONES[name]
+        assert spec.weights_url == resnet.BASE_WEIGHTS_PATH + spec.weights_file
+        assert spec.weights_md5 == resnet.WEIGHTS_HASHES[name][1]
+    for spec in BACKBONES.values():
+        assert spec.weights_url.endswith("/" + spec.weights_file)
+        assert len(spec.taps) == len(spec.block_channels)
+    assert sum(mlsp_block_channels("inception_resnet_v2")) == 16928
+    assert sum(mlsp_block_channels("inception_v3")) == 10048
+
+
+def test_build_backbone_bad_args():
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        build_backbone("alexnet", weights=None)
+    with pytest.raises(ValueError, match="75"):
+        build_backbone("inception_v3", weights=None, input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="weights"):
+        build_backbone("inception_v3", weights=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+def test_imagenet_weights_unavailable_offline(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network unreachable (test)")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    monkeypatch.setattr(bb.urllib.request, "urlopen", offline)
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_backbone("inception_v3", weights="imagenet")
+    assert time.monotonic() - t0 < 5
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    msg = str(err)
+    fname = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert fname in msg and str(tmp_path / "kh" / "models") in msg
+    assert BACKBONES["inception_v3"].weights_url in msg and "network unreachable" in msg
+    assert err.file_name == fname and err.folder == str(tmp_path / "kh" / "models")
+    assert not list((tmp_path / "kh" / "models").glob("*"))  # no partial file left behind
+
+
+def test_unreachable_url_times_out_quickly(tmp_path, monkeypatch):
+    # The real network stack (no monkeypatched urlopen), pointed at a non-routable address:
+    # the attempt must end within the timeout instead of hanging, and nothing is downloaded
+    # even on a machine with internet access.
+    import dataclasses
+
+    spec = BACKBONES["inception_v3"]
+    monkeypatch.setitem(
+        BACKBONES,
+        "inception_v3",
+        dataclasses.replace(spec, weights_url="http://10.255.255.1/" + spec.weights_file),
+    )
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match=spec.weights_file):
+        bb.imagenet_weights_path("inception_v3", timeout=2.0)
+    assert time.monotonic() - t0 < 10
+
+
+def test_imagenet_weights_download_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(bb.urllib.request, "urlopen", _no_network)
+    with pytest.raises(WeightsUnavailableError, match="download disabled"):
+        build_backbone("inception_resnet_v2", weights="imagenet", download=False)
+
+
+def test_imagenet_weights_from_cache_without_download(iv3, tmp_path, monkeypatch):
+    # A keras.applications-style (legacy layout) .h5 in $KERAS_HOME/models is used as is.
+    from keras.src.legacy.saving import legacy_h5_format
+
+    spec = BACKBONES["inception_v3"]
+    (tmp_path / "models").mkdir()
+    with h5py.File(tmp_path / "models" / spec.weights_file, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, iv3)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(bb.urllib.request, "urlopen", _no_network)
+    model = build_backbone("inception_v3", weights="imagenet")
+    assert _weights_equal(model, iv3)
+
+
+def test_weights_from_path(iv3, tmp_path):
+    path = tmp_path / "iv3.weights.h5"
+    iv3.save_weights(path)
+    model = build_backbone("inception_v3", weights=path)
+    assert _weights_equal(model, iv3)
+    x = np.random.default_rng(1).uniform(0, 255, size=(1, 75, 80, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(iv3(x)))
+
+
+def test_weights_path_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
+        build_backbone("inception_v3", weights=tmp_path / "missing.weights.h5")
+    bad = tmp_path / "not_weights.txt"
+    bad.write_text("x")
+    with pytest.raises(ValueError, match="not_weights.txt"):
+        build_backbone("inception_v3", weights=bad)
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"not an hdf5 file")
+    with pytest.raises(ValueError, match="corrupt.h5"):
+        build_backbone("inception_v3", weights=corrupt)
