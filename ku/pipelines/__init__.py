@@ -1,0 +1,4 @@
+"""End-to-end recipes, one per paper: data -> features -> heads -> training -> evaluation.
+
+Scripts in ``scripts/`` are thin absl-flag wrappers around these functions.
+"""

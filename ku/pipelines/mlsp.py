@@ -1,0 +1,188 @@
+"""Hosu et al. 2019 end to end: extract MLSP features, train a head, test with 8-augmentation averages.
+
+    ids table --> mlsp_extractor --> extract_features (HDF5 store, 8 augmentations, §3.1)
+              --> head (Single-1FC / Single-3FC / Multi-3FC / Pool-3FC, §3.2)
+              --> train (MSE, Adam, staged learning rate, §3.3)
+              --> predict_augmented (mean over the stored augmentations) --> metrics (§4)
+
+Every step resumes: the store continues after its last complete row, training continues from
+``run_dir/backup``. Nothing here downloads anything except ImageNet weights when asked for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+HEADS = ("single1fc", "single3fc", "single3fc_do", "multi3fc", "pool3fc")
+
+
+def resolve_weights(backbone: str, weights, *, echo=print):
+    """Turn ``weights`` ("imagenet" | "auto" | "none" | None | path) into what build_backbone takes.
+
+    ``"auto"`` uses ImageNet weights when they are available (Keras cache or downloadable) and
+    otherwise a randomly initialised backbone, saying so loudly: the demo must run offline, but a
+    random backbone is never used without telling the user. ``"imagenet"`` fails with
+    :class:`ku.backbones.WeightsUnavailableError` (naming the file and the cache folder) instead.
+    """
+    from ku.backbones import WeightsUnavailableError, imagenet_weights_path
+
+    if weights is None or str(weights).lower() in ("none", "random"):
+        return None
+    if str(weights).lower() == "auto":
+        try:
+            imagenet_weights_path(backbone)
+            return "imagenet"
+        except WeightsUnavailableError as e:
+            echo("WARNING: ImageNet weights are not available, so this run uses a RANDOMLY "
+                 "INITIALISED backbone: features carry no ImageNet knowledge and the numbers are "
+                 "not comparable with the paper.\n" + str(e))
+            return None
+    return weights
+
+
+def build_head(name: str, feature_shape, *, backbone: str = "inception_resnet_v2",
+               output: str = "mos", n_bins: int = 10, x_size: int | None = None):
+    """One of the heads of Hosu et al. 2019 Table 1 for features of ``feature_shape``."""
+    from ku.backbones import mlsp_block_channels
+    from ku.models import heads
+
+    name = name.lower().replace("-", "").replace("_", "")
+    kw = dict(output=output, n_bins=n_bins)
+    if name == "pool3fc":
+        if len(feature_shape) != 3:
+            raise ValueError(f"head 'pool3fc' needs wide features (H, W, C), got {feature_shape}")
+        return heads.pool_3fc(tuple(feature_shape), x_size=x_size or 2048, **kw)
+    if len(feature_shape) != 1:
+        raise ValueError(f"head {name!r} needs narrow features (C,), got {feature_shape}; "
+                         "use --pooling=narrow or --head=pool3fc")
+    if name == "single1fc":
+        return heads.single_1fc(feature_shape[0], **kw)
+    if name == "single3fc":
+        return heads.single_3fc(feature_shape[0], x_size=x_size or 2048, **kw)
+    if name == "single3fcdo":
+        return heads.single_3fc(feature_shape[0], x_size=x_size or 2048,
+                                dropout=heads.DROPOUT_PLUS, **kw)
+    if name == "multi3fc":
+        return heads.multi_3fc(mlsp_block_channels(backbone), **kw)
+    raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
+
+
+@dataclasses.dataclass
+class MlspResult:
+    """What :func:`run_mlsp` produced."""
+
+    table: object  # pandas DataFrame: this run next to the paper's Table 3
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    test_ids: list
+    store_path: Path
+    run_dir: Path
+    seconds: dict
+    failed: list
+
+
+def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", pooling="wide",
+             head="pool3fc", batch_size=128, max_epochs=60, schedule=None, seed=0,
+             target="mos", loss=None, resume=True, verbose=1, echo=print, paper_rows=None):
+    """Run Hosu et al. 2019 on an ids table (``set`` column: training / validation / test).
+
+    Args:
+      ids: the ids table of :mod:`ku.data.readers` (e.g. ``read_ava(...)`` or ``load_demo()``).
+      work_dir: folder for the feature store, the run and the plots (created; reused to resume).
+      backbone: "inception_resnet_v2" (paper's best, marked (*) in Table 3) or "inception_v3".
+      weights: "auto" | "imagenet" | None | path (see :func:`resolve_weights`).
+      pooling: "wide" (5x5 area pooling) or "narrow" (global average pooling), §3.1.
+      head: one of :data:`HEADS` (§3.2, Table 1).
+      batch_size: 128 on features (§3.3).
+      max_epochs: upper bound; the staged schedule (§3.3) usually stops earlier.
+      schedule: a :class:`ku.training.StagedLearningRate` (default: the paper's).
+      target: "mos" (MSE, the paper) or "distribution" (softmax over the bins, EMD loss).
+    Returns:
+      :class:`MlspResult`.
+    """
+    from ku.data.readers import distributions
+    from ku.data.generators import FeatureSequence
+    from ku.data.store import FeatureStore
+    from ku.evaluation import predict_augmented, report_table, mean_scores
+    from ku.extraction import extract_features
+    from ku.models.mlsp import mlsp_extractor
+    from ku.training import train
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    w = resolve_weights(backbone, weights, echo=echo)
+    wname = "imagenet" if w == "imagenet" else ("random" if w is None else Path(str(w)).stem)
+    store_path = work_dir / f"mlsp_{backbone}_{pooling}_{wname}_aug8.h5"
+
+    t = time.time()
+    extractor = mlsp_extractor(backbone, weights=w, pooling=pooling)
+    echo(f"[1/3] extracting {pooling} MLSP features of {len(ids)} images x 8 augmentations "
+         f"({backbone}, weights={wname}) -> {store_path}")
+    report = extract_features(ids, store_path, extractor, attrs={
+        "backbone": backbone, "weights": wname, "pooling": pooling}, resume=resume,
+        progress=verbose > 0)
+    seconds["extract"] = time.time() - t
+    echo("      " + report.summary())
+    del extractor
+
+    with FeatureStore(store_path) as store:
+        ok = set(np.asarray(store.ids)[store.complete_mask()])
+        feature_shape = tuple(store.feature_shape)
+    usable = ids[ids["image_id"].astype(str).isin(ok)]
+    sets = {s: usable[usable["set"] == s] for s in ("training", "validation", "test")}
+    for s, part in sets.items():
+        if len(part) == 0:
+            raise ValueError(f"no usable {s} images (after dropping {report.n_failed} failed)")
+
+    if target == "mos":
+        targets = {s: part["mos"].to_numpy(np.float32) for s, part in sets.items()}
+        loss = loss or "mse"
+    elif target == "distribution":
+        targets = {s: distributions(part).astype(np.float32) for s, part in sets.items()}
+        loss = loss or "emd"
+    else:
+        raise ValueError(f"target must be 'mos' or 'distribution', got {target!r}")
+    n_bins = targets["training"].shape[1] if target == "distribution" else 10
+
+    t = time.time()
+    model = build_head(head, feature_shape, backbone=backbone, output=target, n_bins=n_bins)
+    echo(f"[2/3] training {head} ({model.count_params():,} parameters) on "
+         f"{len(sets['training'])} images, validating on {len(sets['validation'])}")
+    train_seq = FeatureSequence(store_path, sets["training"], targets["training"],
+                                batch_size=batch_size, augmentation="random", seed=seed)
+    # Validation: one fixed augmentation per image, identical every epoch (deterministic).
+    val_seq = FeatureSequence(store_path, sets["validation"], targets["validation"],
+                              batch_size=batch_size, augmentation=0)
+    if loss != "mse":
+        from ku.losses import get_loss
+
+        loss = get_loss(loss)
+    run_dir = work_dir / f"run_{head}_{pooling}_{target}"
+    result = train(model, train_seq, val_seq, run_dir=run_dir, loss=loss, schedule=schedule,
+                   max_epochs=max_epochs, resume=resume, verbose=verbose, shuffle=False)
+    seconds["train"] = time.time() - t
+
+    t = time.time()
+    echo(f"[3/3] testing on {len(sets['test'])} images (mean over all stored augmentations)")
+    test_ids = sets["test"]["image_id"].astype(str).tolist()
+    y_pred = predict_augmented(model, store_path, test_ids, batch_size=batch_size)
+    y_pred = mean_scores(y_pred) if np.ndim(y_pred) == 2 and y_pred.shape[1] > 1 else np.ravel(y_pred)
+    y_true = sets["test"]["mos"].to_numpy(float)
+    seconds["test"] = time.time() - t
+    rows = paper_rows if paper_rows is not None else (
+        ("Pool-3FC (*)",) if backbone == "inception_resnet_v2" else ("Pool-3FC",))
+    table = report_table(y_true, y_pred, paper_rows=rows,
+                         label=f"ku {head} {pooling} ({backbone}, {wname}) on this data")
+    model.save(run_dir / "head.keras")
+    (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=1))
+    return MlspResult(table=table, y_true=y_true, y_pred=np.asarray(y_pred), test_ids=test_ids,
+                      store_path=store_path, run_dir=run_dir, seconds=seconds,
+                      failed=report.failed)

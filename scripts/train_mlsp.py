@@ -1,0 +1,119 @@
+"""Train a Hosu et al. 2019 head on MLSP features: extract (resumable) -> train -> test.
+
+With no data flags it runs on the bundled demo set (built on first use). With --ava_root it reads
+AVA (AVA.txt, challenges.txt, images/, aesthetics_image_lists/generic_test.jpgl) and uses the
+paper's split (official test list; the rest 95% training / 5% validation).
+
+Examples:
+  python scripts/train_mlsp.py --head=single3fc --pooling=narrow
+  python scripts/train_mlsp.py --head=pool3fc --ava_root=/data/AVA --weights=imagenet
+"""
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("ava_root", None, "AVA folder (AVA.txt, images/, aesthetics_image_lists/). "
+                    "Default: the bundled demo set.")
+flags.DEFINE_string("labels_csv", None, "A plain CSV of labels instead of AVA (columns image_id, "
+                    "mos, set; see ku.data.readers.read_label_csv).")
+flags.DEFINE_string("images_dir", None, "Image folder for --labels_csv (default: next to it).")
+flags.DEFINE_enum("head", "pool3fc", ["single1fc", "single3fc", "single3fc_do", "multi3fc", "pool3fc"],
+                  "Head of Table 1 (paper 3.2). single3fc_do = Single-3FC (+do), dropout .5/.5/.75.")
+flags.DEFINE_enum("pooling", None, ["wide", "narrow"], "MLSP pooling: wide = 5x5 area resize, "
+                  "narrow = global average (paper 3.1). Default: wide for pool3fc, else narrow.")
+flags.DEFINE_enum("backbone", "inception_resnet_v2", ["inception_resnet_v2", "inception_v3"],
+                  "ImageNet backbone whose inception blocks are tapped (paper 3.1).")
+flags.DEFINE_string("weights", "auto", "Backbone weights: 'imagenet' (error if unavailable), "
+                    "'auto' (ImageNet if available, else a random backbone, announced), 'none', "
+                    "or a path to a weights file.")
+flags.DEFINE_enum("target", "mos", ["mos", "distribution"], "Predict the MOS with MSE (paper) or "
+                  "the 10-bin distribution with a softmax output and EMD loss.")
+flags.DEFINE_integer("batch_size", 128, "Batch size on features (paper 3.3: 128).")
+flags.DEFINE_integer("max_epochs", None, "Upper bound on epochs; the staged schedule (lr 1e-4, /10 "
+                     "every 20 epochs or after 5 without improvement, stop below 1e-6) usually stops "
+                     "first. Default: 60 (AVA), 12 (demo set).")
+flags.DEFINE_integer("stage_epochs", None, "Epochs per learning-rate stage (paper: 20; demo: 4).")
+flags.DEFINE_integer("patience", None, "Epochs without improvement before the lr drops (paper: 5; "
+                     "demo: 2).")
+flags.DEFINE_integer("demo_images", 240, "Images in the demo set.")
+flags.DEFINE_float("val_fraction", None, "Validation share of the non-test images (paper: 0.05; "
+                   "demo: 0.15, since 5% of the demo set is ~10 images).")
+flags.DEFINE_string("work_dir", None, "Where the feature store, run and plots go "
+                    "(default runs/<head>_<data>). Re-running continues an interrupted run.")
+flags.DEFINE_boolean("resume", True, "Continue an existing store/run in --work_dir.")
+flags.DEFINE_integer("seed", 0, "Seed of the split and the augmentation draws.")
+flags.DEFINE_integer("verbose", 1, "0 = quiet, 1 = progress bars.")
+
+
+def load_ids():
+    """The ids table selected by the data flags, and a short name of the data."""
+    from ku.data import readers
+
+    if FLAGS.ava_root and FLAGS.labels_csv:
+        raise app.UsageError("give --ava_root or --labels_csv, not both")
+    if FLAGS.ava_root:
+        root = Path(FLAGS.ava_root)
+        if not root.is_dir():
+            raise app.UsageError(f"--ava_root={root}: no such folder")
+        return readers.read_ava(root, seed=FLAGS.seed, val_fraction=FLAGS.val_fraction or 0.05), "ava"
+    if FLAGS.labels_csv:
+        path = Path(FLAGS.labels_csv)
+        if not path.is_file():
+            raise app.UsageError(f"--labels_csv={path}: no such file")
+        return readers.read_label_csv(path, images_dir=FLAGS.images_dir or path.parent), path.stem
+    from ku.data.demo import load_demo
+
+    return load_demo(n_images=FLAGS.demo_images, seed=FLAGS.seed,
+                     val_fraction=FLAGS.val_fraction or 0.15), "demo"
+
+
+def run(head=None, pooling=None):
+    from ku import plots
+    from ku.evaluation import format_table
+    from ku.pipelines.mlsp import run_mlsp
+    from ku.training import paper_schedule
+
+    head = head or FLAGS.head
+    pooling = pooling or FLAGS.pooling or ("wide" if head == "pool3fc" else "narrow")
+    ids, data_name = load_ids()
+    demo = data_name == "demo"
+    counts = ids["set"].value_counts().to_dict()
+    print(f"data: {data_name}, {len(ids)} images {counts}")
+    schedule = paper_schedule(
+        stage_epochs=FLAGS.stage_epochs or (4 if demo else 20),
+        patience=FLAGS.patience or (2 if demo else 5))
+    work_dir = Path(FLAGS.work_dir or f"runs/{head}_{pooling}_{data_name}")
+    if demo and not FLAGS.stage_epochs:
+        print("demo set: shortened schedule (stages of 4 epochs, patience 2; paper: 20 and 5)")
+    res = run_mlsp(ids, work_dir, backbone=FLAGS.backbone, weights=FLAGS.weights,
+                   pooling=pooling, head=head, batch_size=FLAGS.batch_size,
+                   max_epochs=FLAGS.max_epochs or (12 if demo else 60), schedule=schedule,
+                   seed=FLAGS.seed, target=FLAGS.target, resume=FLAGS.resume,
+                   verbose=FLAGS.verbose)
+    print()
+    print(format_table(res.table))
+    scatter = work_dir / "scatter_test.png"
+    plots.scatter_predictions(res.y_true, res.y_pred, threshold=5.0, path=scatter,
+                              title=f"{head} on {data_name} (test set)")
+    curves = work_dir / "training_curves.png"
+    import pandas as pd
+
+    plots.training_curves(pd.read_csv(res.run_dir / "history.csv"), path=curves)
+    print(f"\nplots: {scatter}, {curves}")
+    print("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
+    if res.failed:
+        print(f"{len(res.failed)} image(s) could not be read and were skipped, e.g. "
+              f"{res.failed[0]['image_path']}: {res.failed[0]['error']}")
+    return res
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run()
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
