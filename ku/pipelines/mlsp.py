@@ -74,6 +74,22 @@ def build_head(name: str, feature_shape, *, backbone: str = "inception_resnet_v2
     raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
 
 
+def init_output_bias(model, value: float):
+    """Start a MOS head at the training mean: set the bias of its final 1-unit Dense to ``value``.
+
+    Not in the paper (which trains ~1,800 steps per epoch on AVA, so the output bias finds the
+    mean within the first epoch); with a few hundred images there are only a handful of steps per
+    epoch and a zero-initialised output (MOS ~5.5 away) would spend them all on the offset.
+    """
+    import keras
+
+    last = model.layers[-1]
+    if not isinstance(last, keras.layers.Dense) or last.units != 1 or not last.use_bias:
+        raise ValueError(f"{model.name}: last layer is not a 1-unit Dense with bias ({last.name})")
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel, np.full_like(bias, value)])
+
+
 @dataclasses.dataclass
 class MlspResult:
     """What :func:`run_mlsp` produced."""
@@ -154,6 +170,8 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
 
     t = time.time()
     model = build_head(head, feature_shape, backbone=backbone, output=target, n_bins=n_bins)
+    if target == "mos":
+        init_output_bias(model, float(np.mean(targets["training"])))
     echo(f"[2/3] training {head} ({model.count_params():,} parameters) on "
          f"{len(sets['training'])} images, validating on {len(sets['validation'])}")
     train_seq = FeatureSequence(store_path, sets["training"], targets["training"],
