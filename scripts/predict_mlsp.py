@@ -1,0 +1,88 @@
+"""Score images with a trained MLSP head: image (any size) -> backbone -> MLSP -> head -> MOS.
+
+The head is a `.keras` file written by scripts/train_mlsp.py (runs/.../head.keras) or a released
+ava-mlsp `model_best_weights.h5` (--released). Images are scored at full resolution, as in the
+released predict_mlsp_wide notebook. Unreadable images are reported and skipped.
+
+Example:
+  python scripts/predict_mlsp.py --head_path=runs/pool3fc_wide_demo/run_pool3fc_wide_mos/head.keras \
+      --images=photos/ --out=scores.csv
+"""
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("head_path", None, "Trained head (.keras) or released weights (.h5 with --released).")
+flags.DEFINE_enum("released", None, ["single3fc", "pool3fc"], "Treat --head_path as the released "
+                  "ava-mlsp weights of this head (narrow = single3fc, wide = pool3fc).")
+flags.DEFINE_string("images", None, "An image file, a folder (searched recursively) or a CSV with "
+                    "an image_path column.")
+flags.DEFINE_string("out", "predictions.csv", "Output CSV: image_path, mos.")
+flags.DEFINE_enum("backbone", "inception_resnet_v2", ["inception_resnet_v2", "inception_v3"],
+                  "Backbone the head was trained on.")
+flags.DEFINE_string("weights", "imagenet", "Backbone weights: imagenet | auto | none | path.")
+flags.DEFINE_integer("seed", 0, "Seed (only matters for a random backbone).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for name in ("head_path", "images"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"--{name} is required")
+    import keras
+    import numpy as np
+    import pandas as pd
+
+    import ku.layers  # noqa: F401  (registers ku layers for load_model)
+    import ku.models.heads as heads
+    from ku.data.images import ImageReadError, list_images, read_image
+    from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
+    from ku.pipelines.mlsp import resolve_weights
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    head_path = Path(FLAGS.head_path)
+    if not head_path.is_file():
+        raise app.UsageError(f"--head_path={head_path}: no such file")
+    src = Path(FLAGS.images)
+    if src.is_dir():
+        paths = list_images(src)
+    elif src.suffix.lower() == ".csv":
+        paths = [Path(p) for p in pd.read_csv(src)["image_path"]]
+    elif src.is_file():
+        paths = [src]
+    else:
+        raise app.UsageError(f"--images={src}: no such file or folder")
+    if FLAGS.released:
+        head = heads.pool_3fc() if FLAGS.released == "pool3fc" else heads.single_3fc()
+        heads.load_released_weights(head, head_path)
+    else:
+        head = keras.models.load_model(head_path)
+    pooling = "wide" if len(head.input_shape) == 4 else "narrow"
+    extractor = mlsp_extractor(FLAGS.backbone, weights=resolve_weights(FLAGS.backbone, FLAGS.weights),
+                               pooling=pooling)
+    model = mlsp_end_to_end(extractor, head)
+    rows, bad = [], []
+    bar = keras.utils.Progbar(len(paths), unit_name="image")
+    for i, p in enumerate(paths):
+        try:
+            x = read_image(p)[None].astype("float32")
+        except (ImageReadError, FileNotFoundError) as e:
+            bad.append((str(p), str(e)))
+        else:
+            y = np.asarray(model(x, training=False))
+            rows.append({"image_path": str(p), "mos": float(y.ravel()[0]) if y.shape[-1] == 1
+                         else float(np.arange(1, y.shape[-1] + 1) @ y[0])})
+        bar.update(i + 1)
+    pd.DataFrame(rows).to_csv(FLAGS.out, index=False)
+    print(f"wrote {len(rows)} prediction(s) to {FLAGS.out}")
+    if bad:
+        print(f"{len(bad)} unreadable image(s) skipped:")
+        for p, e in bad:
+            print(f"  {p}: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
