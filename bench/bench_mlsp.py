@@ -90,7 +90,7 @@ def bench_reader(store_path, ids, batch_size=16, epochs=3):
             "raw_h5py_items_per_s": n_items / t_raw, "ratio": t_raw / t_seq}
 
 
-def bench_input_wait(store_path, ids, batch_size=16, epochs=2):
+def bench_input_wait(store_path, ids, batch_size=8, epochs=4):
     import keras
 
     from ku.data.generators import FeatureSequence
@@ -105,7 +105,8 @@ def bench_input_wait(store_path, ids, batch_size=16, epochs=2):
     keras.utils.set_random_seed(0)
     model = pool_3fc(tuple(x_mem.shape[1:]))
     model.compile(keras.optimizers.Adam(1e-4), "mse")
-    model.fit(x_mem[:batch_size], y[:batch_size], epochs=1, verbose=0)  # trace
+    model.fit(seq, epochs=1, verbose=0, shuffle=False)  # trace both ways of feeding once
+    model.fit(x_mem, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
     t = time.perf_counter()
     model.fit(seq, epochs=epochs, verbose=0, shuffle=False)
     t_seq = time.perf_counter() - t

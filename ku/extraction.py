@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -127,8 +128,27 @@ def extractor_fingerprint(extractor) -> str | None:
     return h.hexdigest()
 
 
+# Compiled inference functions per extractor (weak keys: an entry goes with its model), so that
+# repeated calls -- several shards or datasets in one process -- trace the graph only once
+# (tracing an InceptionResNetV2 MLSP graph takes seconds).
+_INFER_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _make_infer(extractor):
     """Compile the extractor once for any batch/height/width (no retracing per image size)."""
+    try:
+        return _INFER_CACHE[extractor]
+    except (KeyError, TypeError):
+        pass
+    infer = _compile_infer(extractor)
+    try:
+        _INFER_CACHE[extractor] = infer
+    except TypeError:  # not weak-referenceable (e.g. a plain function): just don't cache
+        pass
+    return infer
+
+
+def _compile_infer(extractor):
     import tensorflow as tf
 
     call_kw = {"training": False} if hasattr(extractor, "weights") else {}
@@ -173,7 +193,7 @@ def extract_features(
     crop_fraction: float = DEFAULT_CROP_FRACTION,
     dtype="float16",
     flush_every: int = 16,
-    readers: int = 2,
+    readers: int = 1,
     feature_shape: Sequence[int] | None = None,
     max_consecutive_errors: int = 20,
     read_fn: Callable | None = None,
