@@ -184,8 +184,12 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
 
         loss = get_loss(loss)
     run_dir = work_dir / f"run_{head}_{pooling}_{target}"
-    result = train(model, train_seq, val_seq, run_dir=run_dir, loss=loss, schedule=schedule,
-                   max_epochs=max_epochs, resume=resume, verbose=verbose, shuffle=False)
+    try:
+        train(model, train_seq, val_seq, run_dir=run_dir, loss=loss, schedule=schedule,
+              max_epochs=max_epochs, resume=resume, verbose=verbose, shuffle=False)
+    finally:  # release the read handles: a later extraction may reopen the store for writing
+        train_seq.close()
+        val_seq.close()
     seconds["train"] = time.time() - t
 
     t = time.time()
