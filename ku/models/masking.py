@@ -1,0 +1,341 @@
+"""Exact padding masking for functional (keras.applications) backbones.
+
+Both full-resolution papers batch images of different sizes by zero-padding them into one canvas,
+image at the top-left: Murray & Gordo 2017 §3.2 (adaptive SPP sees each image whole) and Jia, Li,
+He 2019 §III-A (800x800 canvas, ROI pooling over the image's box). Plain zero padding is not
+neutral: after the first layer, biases, batch norm and the preprocessing offset make the padded
+area non-zero, and every later convolution at the image's right and bottom border reads it
+(measured in ``DESIGN.md`` §4: up to 0.48 relative difference for ResNet-101).
+
+:func:`masked_model` rebuilds a functional model so that this cannot happen:
+
+* every tensor that a spatial layer (convolution, pooling, zero padding) reads is first multiplied
+  by the mask of its image's *valid region*, so everything outside the image is exactly zero --
+  equivalent to setting activations outside the valid region to zero after every layer, because
+  all other layers (batch norm, activations, additions, concatenations, scaling) act position by
+  position; the first mask follows the preprocessing layer, so the padding is zero in the
+  network's input space, exactly like the convolutions' own zero padding;
+* each image's valid size follows each layer's geometry: ``ZeroPadding2D`` adds its pads, a
+  ``valid`` convolution/pooling gives ``floor((n - d*(k-1) - 1) / s) + 1``, ``same`` gives
+  ``ceil(n / s)``;
+* ``same`` average pooling becomes mask-aware (sum over valid positions / number of valid
+  positions), which is what the unpadded image gets, since Keras' ``same`` average pooling does not
+  count its own padding.
+
+With that, an image's features inside its valid region are the same, to float32 precision,
+whether it is alone or padded into a larger canvas with other images (tested for ResNet, VGG,
+Inception-v3 and InceptionResNet-v2). Layers whose padding would depend on the canvas size
+(``same`` convolutions or max pooling with stride > 1 and kernel > 1) cannot be exact; they raise
+unless ``exact=False``. None of ku's backbones has one.
+
+The rebuilt model shares its layers (and so its weights) with the original.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "ValidRegionMask",
+    "MapValidSize",
+    "MaskAwareAveragePooling2D",
+    "masked_model",
+    "valid_output_sizes",
+    "valid_mask",
+]
+
+# Layers that act on each spatial position independently (their output at a position depends only
+# on their inputs at that position); the valid size passes through unchanged.
+_POSITIONWISE = {
+    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+    "BatchNormalization", "LayerNormalization", "GroupNormalization",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+    "Dropout", "SpatialDropout2D", "GaussianNoise", "Identity",
+    "Rescaling", "Normalization", "ImagePreprocessing", "CustomScaleLayer",
+}
+_CONV = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D"}
+_POOL = {"MaxPooling2D", "AveragePooling2D"}
+
+
+def _pair(v):
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
+
+
+def valid_mask(sizes, height, width, dtype="float32"):
+    """(B, H, W, 1) mask: 1 inside ``[0, h_b) x [0, w_b)`` of each image ``b``, else 0.
+
+    Args:
+        sizes: (B, 2) integer tensor of valid (height, width).
+        height, width: the canvas size (ints or scalar tensors).
+    """
+    sizes = ops.cast(sizes, "int32")
+    rows = ops.reshape(ops.arange(height, dtype="int32"), (1, -1, 1))
+    cols = ops.reshape(ops.arange(width, dtype="int32"), (1, 1, -1))
+    inside = ops.logical_and(ops.less(rows, ops.reshape(sizes[:, 0], (-1, 1, 1))),
+                             ops.less(cols, ops.reshape(sizes[:, 1], (-1, 1, 1))))
+    return ops.cast(inside, dtype)[..., None]
+
+
+@keras.saving.register_keras_serializable(package="ku")
+class ValidRegionMask(keras.layers.Layer):
+    """Zero everything outside each image's valid region.
+
+    Inputs: ``[x (B, H, W, C), sizes (B, 2) int]`` with ``sizes[b] = (h_b, w_b)``, the valid
+    region being rows ``< h_b`` and columns ``< w_b`` (image at the top-left of the canvas).
+    Output: ``x * mask``, shape (B, H, W, C).
+    """
+
+    def call(self, inputs):
+        x, sizes = inputs
+        shape = ops.shape(x)
+        return x * valid_mask(sizes, shape[1], shape[2], x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="ku")
+class MapValidSize(keras.layers.Layer):
+    """Map valid sizes (B, 2) through one layer's geometry.
+
+    Per axis with input extent ``n``: first ``n + pad_before + pad_after``, then for
+    ``padding="valid"``: ``max(floor((n - d*(k-1) - 1) / s) + 1, 0)``; for ``"same"``:
+    ``ceil(n / s)``. (Pads count as valid: they are zeros in the unpadded image too.)
+
+    Args:
+        kernel_size, strides, dilation_rate: ints or pairs (height, width).
+        padding: ``"valid"`` or ``"same"``.
+        pads: ``((top, bottom), (left, right))`` of a ``ZeroPadding2D``.
+    """
+
+    def __init__(self, kernel_size=1, strides=1, padding="valid", dilation_rate=1,
+                 pads=((0, 0), (0, 0)), **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = _pair(kernel_size)
+        self.strides = _pair(strides)
+        self.dilation_rate = _pair(dilation_rate)
+        self.padding = str(padding).lower()
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"MapValidSize: padding must be 'valid' or 'same', got {padding!r}")
+        self.pads = tuple(_pair(p) for p in pads)
+
+    def call(self, sizes):
+        sizes = ops.cast(sizes, "int32")
+        out = []
+        for axis in range(2):
+            n = sizes[:, axis] + (self.pads[axis][0] + self.pads[axis][1])
+            k, s, d = self.kernel_size[axis], self.strides[axis], self.dilation_rate[axis]
+            if self.padding == "valid":
+                n = ops.maximum(ops.floor_divide(n - (d * (k - 1) + 1), s) + 1, 0)
+            else:
+                n = ops.floor_divide(n + (s - 1), s)
+            out.append(n)
+        return ops.stack(out, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
+                      dilation_rate=self.dilation_rate, pads=self.pads)
+        return config
+
+    def map_numpy(self, sizes):
+        """The same mapping on a numpy (N, 2) array."""
+        sizes = np.asarray(sizes, dtype=np.int64)
+        out = np.empty_like(sizes)
+        for axis in range(2):
+            n = sizes[:, axis] + sum(self.pads[axis])
+            k, s, d = self.kernel_size[axis], self.strides[axis], self.dilation_rate[axis]
+            if self.padding == "valid":
+                out[:, axis] = np.maximum((n - (d * (k - 1) + 1)) // s + 1, 0)
+            else:
+                out[:, axis] = -(-n // s)
+        return out
+
+
+@keras.saving.register_keras_serializable(package="ku")
+class MaskAwareAveragePooling2D(keras.layers.Layer):
+    """``same`` average pooling that averages over each image's valid positions only.
+
+    Equals Keras' ``AveragePooling2D(padding="same")`` on the unpadded image (which does not count
+    its own padding), for an image padded into a larger canvas. Inputs ``[x (B,H,W,C) zero outside
+    the valid region, sizes (B,2)]``; output (B, H', W', C), zero outside the output's valid region
+    (the caller masks it).
+    """
+
+    def __init__(self, pool_size=(3, 3), strides=(1, 1), **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = _pair(pool_size)
+        self.strides = _pair(strides)
+
+    def call(self, inputs):
+        x, sizes = inputs
+        shape = ops.shape(x)
+        mask = valid_mask(sizes, shape[1], shape[2], x.dtype)
+        # Keras' 'same' average divides by the in-canvas count; it cancels in the ratio.
+        num = ops.average_pool(x, self.pool_size, self.strides, padding="same")
+        den = ops.average_pool(mask, self.pool_size, self.strides, padding="same")
+        return num / ops.maximum(den, keras.config.epsilon())
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape[0]
+        sh, sw = self.strides
+        return (b, None if h is None else math.ceil(h / sh), None if w is None else math.ceil(w / sw), c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=self.pool_size, strides=self.strides)
+        return config
+
+
+def _geometry(layer, exact: bool):
+    """MapValidSize arguments for a spatial layer, or None for a position-wise one."""
+    kind = type(layer).__name__
+    if kind in _POSITIONWISE:
+        return None
+    if kind == "ZeroPadding2D":
+        return dict(pads=layer.padding)
+    if kind in _CONV or kind in _POOL:
+        k = layer.kernel_size if kind in _CONV else layer.pool_size
+        k, s = _pair(k), _pair(layer.strides)
+        d = _pair(getattr(layer, "dilation_rate", 1))
+        padding = layer.padding.lower()
+        if exact and padding == "same" and max(s) > 1 and max(k) > 1:
+            raise ValueError(
+                f"masked_model: layer {layer.name!r} ({kind}, kernel {k}, strides {s}, 'same') pads "
+                "differently in a canvas than in the unpadded image, so masking cannot be exact; "
+                "pass exact=False to accept the difference")
+        if exact and padding == "same" and kind == "MaxPooling2D" and max(k) > 1:
+            raise ValueError(
+                f"masked_model: layer {layer.name!r} is 'same' max pooling, which would read the "
+                "zeros of the mask as values; pass exact=False to accept the difference")
+        return dict(kernel_size=k, strides=s, padding=padding, dilation_rate=d)
+    if exact:
+        raise ValueError(
+            f"masked_model: don't know how layer {layer.name!r} of type {kind} maps spatial "
+            "positions; ku knows Conv2D/DepthwiseConv2D/SeparableConv2D, Max/AveragePooling2D, "
+            "ZeroPadding2D and position-wise layers. Pass exact=False to treat it as position-wise")
+    return None
+
+
+def masked_model(model: keras.Model, *, outputs: Sequence[str] | None = None, exact: bool = True,
+                 name: str | None = None) -> keras.Model:
+    """Rebuild a functional image model so that zero padding never leaks (module docstring).
+
+    Args:
+        model: a functional model with one image input (B, H, W, 3), e.g.
+            :func:`ku.backbones.build_backbone` (0..255 RGB, preprocessing inside).
+        outputs: layer names whose outputs to return (e.g. ``["activation_2"]``, Inception-v3
+            before its first max pooling, Jia et al. §III-D); default the model's outputs.
+        exact: raise for layers that cannot be masked exactly (see module docstring).
+        name: the new model's name (default ``<model.name>_masked``).
+
+    Returns:
+        ``keras.Model`` with inputs ``[images (B, H, W, 3), valid_sizes (B, 2) int32]`` (each
+        image at the top-left of the canvas; ``valid_sizes[b] = (height, width)`` in pixels) and
+        outputs ``[features_1, sizes_1, features_2, sizes_2, ...]``: each requested feature map
+        (zero outside the valid region) and its valid sizes (B, 2) int32. Layers (and weights) are
+        shared with ``model``.
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+        raise TypeError(f"masked_model: model must be a functional keras.Model, got {type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ValueError(f"masked_model: model must have one 4-D image input, got {model.inputs}")
+    if outputs is not None:
+        names = [outputs] if isinstance(outputs, str) else list(outputs)
+        targets = []
+        for n in names:
+            try:
+                targets.append(model.get_layer(n).output)
+            except ValueError:
+                raise ValueError(f"masked_model: model {model.name!r} has no layer {n!r}") from None
+        model = keras.Model(model.inputs, targets, name=model.name)
+
+    image_in = model.inputs[0]
+    images = keras.Input(shape=tuple(image_in.shape[1:]), dtype=image_in.dtype, name="image")
+    sizes_in = keras.Input(shape=(2,), dtype="int32", name="valid_size")
+    size_of = {id(images): sizes_in}   # tensor id -> its valid sizes
+    clean = {id(images): images}       # tensor id -> the masked version of it
+    counter = [0]
+
+    def uid(prefix):
+        counter[0] += 1
+        return f"{prefix}_{counter[0]}"
+
+    def masked(t):
+        if id(t) not in clean:
+            m = ValidRegionMask(name=uid("valid_mask"))([t, size_of[id(t)]])
+            size_of[id(m)] = size_of[id(t)]
+            clean[id(t)] = clean[id(m)] = m
+        return clean[id(t)]
+
+    def call(layer, *args, **kwargs):
+        tensors = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        sizes = next((size_of[id(t)] for t in tensors if id(t) in size_of), None)
+        if sizes is None:
+            return layer(*args, **kwargs)
+        geometry = _geometry(layer, exact)
+        if geometry is None:
+            out = layer(*args, **kwargs)
+            new_sizes = sizes
+        else:
+            x = masked(args[0])
+            kind = type(layer).__name__
+            if kind == "AveragePooling2D" and layer.padding.lower() == "same":
+                out = MaskAwareAveragePooling2D(layer.pool_size, layer.strides,
+                                                name=uid(f"{layer.name}_maskaware"))([x, sizes])
+            else:
+                out = layer(x, *args[1:], **kwargs)
+            new_sizes = MapValidSize(**geometry, name=uid(f"{layer.name}_size"))(sizes)
+        for o in keras.tree.flatten(out):
+            if isinstance(o, keras.KerasTensor) and len(o.shape) == 4:
+                size_of[id(o)] = new_sizes
+        return out
+
+    results = model._run_through_graph(images, operation_fn=lambda op: op, call_fn=call)
+    flat = []
+    for t in keras.tree.flatten(results):
+        flat += [masked(t), size_of[id(t)]]
+    return keras.Model([images, sizes_in], flat, name=name or f"{model.name}_masked")
+
+
+def valid_output_sizes(model: keras.Model, sizes, *, output: str | None = None) -> np.ndarray:
+    """Valid sizes (N, 2) of images of ``sizes`` (N, 2) at a model's output (or layer ``output``).
+
+    The numpy twin of the size mapping inside :func:`masked_model` (and the spatial output shape of
+    each image run alone).
+    """
+    sizes = np.atleast_2d(np.asarray(sizes, dtype=np.int64))
+    target = model.get_layer(output).output if output else model.outputs[0]
+    memo = {}
+
+    def size_of(t):  # memoised walk from a tensor back to the input (iterative: graphs are deep)
+        stack = [t]
+        while stack:
+            cur = stack[-1]
+            if id(cur) in memo:
+                stack.pop()
+                continue
+            history = cur._keras_history
+            layer = history.operation
+            if type(layer).__name__ == "InputLayer":
+                memo[id(cur)] = sizes
+                stack.pop()
+                continue
+            parent = layer._inbound_nodes[history.node_index].input_tensors[0]
+            if id(parent) not in memo:
+                stack.append(parent)
+                continue
+            geometry = _geometry(layer, exact=False)
+            memo[id(cur)] = memo[id(parent)] if geometry is None else \
+                MapValidSize(**geometry).map_numpy(memo[id(parent)])
+            stack.pop()
+        return memo[id(t)]
+
+    return size_of(target)
