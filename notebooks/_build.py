@@ -1,0 +1,203 @@
+"""Writes the notebooks of this folder from the cell lists below (outputs stripped).
+
+Edit here, then run ``python notebooks/_build.py``; the tests execute the .ipynb files
+(tests/test_notebooks.py) with KU_NOTEBOOK_FAST=1.
+"""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = '''import os, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import keras
+
+# FAST=1 (the test suite) runs a tiny configuration in well under a minute; the default is the
+# full demo run. Nothing here downloads anything except ImageNet weights when they are missing
+# (and then ku says so and uses a randomly initialised backbone).
+FAST = os.environ.get("KU_NOTEBOOK_FAST", "0") == "1"
+WORK = Path(os.environ.get("KU_NOTEBOOK_WORKDIR", Path.home() / ".cache" / "ku" / "notebooks"))
+WORK.mkdir(parents=True, exist_ok=True)
+keras.utils.set_random_seed(0)
+print("FAST" if FAST else "full demo configuration", "| work dir:", WORK)'''
+
+
+def md(text):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text):
+    return new_code_cell(text.strip("\n"))
+
+
+NOTEBOOKS = {}
+
+NOTEBOOKS["00_quickstart"] = [
+    md('''
+# ku quickstart
+
+`ku` reproduces three image-aesthetics papers in Keras 3 / TensorFlow 2:
+Hosu et al. 2019 (MLSP features), Murray & Gordo 2017 (APM) and Jia, Li, He 2019 (theme-aware ROI
+pooling). This notebook scores images with an MLSP model in five cells, on the bundled demo set
+(a small AVA-format dataset that ku generates from scikit-image's photos, so nothing has to be
+downloaded).'''),
+    code(SETUP),
+    md('''## Data
+`load_demo()` writes the demo set once (AVA layout: `AVA.txt`, `challenges.txt`, `images/`, the
+official-test-list file) and reads it with the same reader as real AVA (`ku.data.readers.read_ava`).
+One row per image: path, mean opinion score (MOS), vote distribution, theme, split.'''),
+    code('''from ku.data.demo import load_demo
+ids = load_demo(n_images=40 if FAST else 240, seed=0, root=WORK / "demo", val_fraction=0.15)
+print(ids["set"].value_counts().to_dict())
+ids[["image_id", "mos", "std", "theme", "set"]].head()'''),
+    code('''import matplotlib.pyplot as plt
+from ku.data.images import read_image
+fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+for ax, (_, row) in zip(axes, ids.sort_values("mos").iloc[:: max(1, len(ids) // 4)].iterrows()):
+    ax.imshow(read_image(row["image_path"])); ax.set_title(f"MOS {row['mos']:.2f}"); ax.axis("off")
+plt.show()'''),
+    md('''## Train and test a model
+`run_mlsp` does the Hosu et al. pipeline: extract MLSP features of every image with 8
+augmentations into an HDF5 store, train a head with the paper's schedule, test by averaging the 8
+augmentations. Here: Inception-v3, narrow (global average pooled) features, Single-1FC (FAST) or
+InceptionResNet-v2 wide features with Pool-3FC (full).'''),
+    code('''from ku.pipelines.mlsp import run_mlsp
+from ku.evaluation import format_table
+cfg = dict(backbone="inception_v3", pooling="narrow", head="single1fc", batch_size=8, max_epochs=2) if FAST \\
+    else dict(backbone="inception_resnet_v2", pooling="wide", head="pool3fc", batch_size=16, max_epochs=16)
+result = run_mlsp(ids, WORK / "quickstart", verbose=0, **cfg)
+print(format_table(result.table))'''),
+    code('''from ku.plots import scatter_predictions
+scatter_predictions(result.y_true, result.y_pred, title="test set: predicted vs true MOS", threshold=5)
+plt.show()'''),
+    md('''## Score your own images
+The trained head plus the feature extractor make one Keras model that takes an image of any size
+(0..255 RGB) and returns its MOS. `ku predict` (command line) and `ku export` (SavedModel that
+takes JPEG/PNG bytes) do the same outside Python.'''),
+    code('''from ku.models.mlsp import mlsp_extractor, mlsp_end_to_end
+from ku.pipelines.mlsp import resolve_weights
+head = keras.models.load_model(result.run_dir / "head.keras")
+extractor = mlsp_extractor(cfg["backbone"], weights=resolve_weights(cfg["backbone"], "auto"), pooling=cfg["pooling"])
+model = mlsp_end_to_end(extractor, head)
+image = read_image(ids["image_path"].iloc[0])
+print("image", image.shape, "-> predicted MOS", float(model.predict(image[None].astype("float32"), verbose=0).ravel()[0]))'''),
+]
+
+NOTEBOOKS["01_mlsp_hosu2019"] = [
+    md('''
+# Hosu et al. 2019: multi-level spatially pooled (MLSP) features
+
+*Effective Aesthetics Prediction with Multi-level Spatially Pooled Features*, CVPR 2019.
+
+**The idea.** Aesthetics depends on low-level detail and on composition, so instead of the last
+layer of an ImageNet network, MLSP pools the output of *every* inception block: 43 blocks
+(16,928 channels) of InceptionResNet-v2. *Narrow* features average each block globally (1x1);
+*wide* features resize each block to 5x5 with area interpolation. Features come from the
+full-resolution image (no resizing to 299x299), with 8 augmentations stored once (4 corner crops
+of 87.5%, each mirrored), so training a head on them is cheap. Best result (Table 3): Pool-3FC on
+wide IRNv2 features, SRCC 0.756 on AVA.
+
+This notebook runs each step on the bundled demo set (FAST: a tiny configuration).'''),
+    code(SETUP),
+    code('''from ku.data.demo import load_demo
+ids = load_demo(n_images=32 if FAST else 240, seed=0, root=WORK / "demo", val_fraction=0.2 if FAST else 0.15)
+BACKBONE, POOLING, HEAD = ("inception_v3", "narrow", "single3fc") if FAST else ("inception_resnet_v2", "wide", "pool3fc")
+ids.groupby("set")["mos"].describe()'''),
+    md('''## 1. The backbone and its taps
+`build_backbone` wraps `keras.applications` so the model takes 0..255 RGB of any size and
+preprocesses inside. Without ImageNet weights in Keras' cache (`~/.keras/models/`) the demo uses a
+randomly initialised network and says so; the numbers below are then not comparable to the paper.'''),
+    code('''from ku.backbones import mlsp_tap_names, mlsp_block_channels
+from ku.pipelines.mlsp import resolve_weights
+weights = resolve_weights(BACKBONE, "auto")
+taps = mlsp_tap_names(BACKBONE)
+print(len(taps), "taps,", sum(mlsp_block_channels(BACKBONE)), "channels; first/last:", taps[:3], taps[-2:])'''),
+    code('''from ku.models.mlsp import mlsp_extractor
+extractor = mlsp_extractor(BACKBONE, weights=weights, pooling=POOLING)
+print(extractor.name, "output", extractor.output_shape)'''),
+    md('''## 2. Wide pooling is OpenCV's area interpolation
+`AreaPooling2D` resizes a feature map to 5x5 exactly like `cv2.resize(..., INTER_AREA)`; here on
+a random 37x29 map.'''),
+    code('''import cv2
+from ku.layers import AreaPooling2D
+fmap = np.random.default_rng(0).normal(size=(1, 37, 29, 4)).astype("float32")
+ours = np.asarray(AreaPooling2D((5, 5))(fmap))[0]
+ref = np.stack([cv2.resize(fmap[0, :, :, c], (5, 5), interpolation=cv2.INTER_AREA) for c in range(4)], -1)
+print("largest difference to cv2.INTER_AREA:", float(np.abs(ours - ref).max()))'''),
+    md('''## 3. Extract the features with 8 augmentations into an HDF5 store
+Resumable: re-running continues after the last complete row; a killed run leaves only complete
+rows. One corrupt image is reported and skipped.'''),
+    code('''from ku.extraction import extract_features
+from ku.data.store import FeatureStore
+store_path = WORK / f"hosu_{BACKBONE}_{POOLING}.h5"
+t = time.time()
+report = extract_features(ids, store_path, extractor, attrs={"backbone": BACKBONE, "pooling": POOLING}, progress=False)
+print(report.summary(), f"({time.time() - t:.0f} s)")
+with FeatureStore(store_path) as store:
+    print("store:", store.feature_shape, "x", store.n_augmentations, "augmentations; attrs:",
+          {k: store.attrs[k] for k in ("backbone", "pooling")})'''),
+    md('''## 4. Heads and training
+Heads of Table 1: Single-1FC, Single-3FC, Multi-3FC, Pool-3FC. Training: MSE on the MOS, Adam
+1e-4, lr / 10 every 20 epochs or after 5 without validation improvement, best weights reloaded at
+each change (shortened for the demo). Each epoch draws one of the 8 augmentations per image.'''),
+    code('''from ku.pipelines.mlsp import build_head, init_output_bias
+from ku.data.generators import FeatureSequence
+from ku.training import train, paper_schedule
+with FeatureStore(store_path) as store:
+    feature_shape = tuple(store.feature_shape)
+sets = {s: ids[ids["set"] == s] for s in ("training", "validation", "test")}
+head = build_head(HEAD, feature_shape, backbone=BACKBONE)
+init_output_bias(head, float(sets["training"]["mos"].mean()))
+print(HEAD, f"{head.count_params():,} parameters")
+train_seq = FeatureSequence(store_path, sets["training"], sets["training"]["mos"].to_numpy("float32"), batch_size=8 if FAST else 16, seed=0)
+val_seq = FeatureSequence(store_path, sets["validation"], sets["validation"]["mos"].to_numpy("float32"), batch_size=16, augmentation=0)
+schedule = paper_schedule(stage_epochs=2 if FAST else 6, patience=1 if FAST else 3)
+result = train(head, train_seq, val_seq, run_dir=WORK / f"hosu_run_{HEAD}", schedule=schedule,
+               max_epochs=2 if FAST else 16, verbose=0)
+train_seq.close(); val_seq.close()
+result.history.tail()'''),
+    code('''from ku.plots import training_curves
+import matplotlib.pyplot as plt
+training_curves(result.history); plt.show()'''),
+    md('''## 5. Test: average over the 8 stored augmentations, next to the paper
+The paper's rows are AVA (19,928 test images, ImageNet backbone); the demo row is a few dozen
+generated images.'''),
+    code('''from ku.evaluation import predict_augmented, report_table, format_table
+test_ids = sets["test"]["image_id"].astype(str).tolist()
+y_pred = np.ravel(predict_augmented(head, store_path, test_ids))
+y_true = sets["test"]["mos"].to_numpy(float)
+table = report_table(y_true, y_pred, paper_rows=("Pool-3FC (*)", "Single-3FC (*)"), label=f"ku {HEAD} {POOLING} (demo)")
+print(format_table(table))'''),
+    code('''from ku.plots import scatter_predictions
+scatter_predictions(y_true, y_pred, title="demo test set", threshold=5); plt.show()'''),
+    md('''## 6. One model for any image
+`mlsp_end_to_end` joins extractor and head; its prediction on an image equals the two-stage
+pipeline on the uncropped image.'''),
+    code('''from ku.models.mlsp import mlsp_end_to_end
+from ku.data.images import read_image
+model = mlsp_end_to_end(extractor, head)
+img = read_image(sets["test"]["image_path"].iloc[0]).astype("float32")
+two_stage = head.predict(extractor.predict(img[None], verbose=0), verbose=0)
+print("end-to-end", float(model.predict(img[None], verbose=0).ravel()[0]), "two-stage", float(two_stage.ravel()[0]))'''),
+]
+
+
+def main(names=None):
+    for name, cells in NOTEBOOKS.items():
+        if names and name not in names:
+            continue
+        nb = new_notebook(cells=cells, metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"}})
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+        print("wrote", HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
