@@ -24,6 +24,7 @@ setup(
         "scipy>=1.11",
         "opencv-python-headless>=4.9",
         "matplotlib>=3.8",
+        "pillow>=10",
         "absl-py>=2.0",
         "scikit-image>=0.22",
     ],
