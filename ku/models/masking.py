@@ -46,6 +46,7 @@ __all__ = [
     "masked_model",
     "valid_output_sizes",
     "valid_mask",
+    "layer_geometry",
 ]
 
 # Layers that act on each spatial position independently (their output at a position depends only
@@ -194,8 +195,12 @@ class MaskAwareAveragePooling2D(keras.layers.Layer):
         return config
 
 
-def _geometry(layer, exact: bool):
-    """MapValidSize arguments for a spatial layer, or None for a position-wise one."""
+def layer_geometry(layer, exact: bool = True):
+    """How a layer maps valid sizes: :class:`MapValidSize` arguments, or None (position-wise).
+
+    Raises ValueError (naming the layer) for layers that cannot be masked exactly when ``exact``,
+    and for unknown layer types when ``exact``.
+    """
     kind = type(layer).__name__
     if kind in _POSITIONWISE:
         return None
@@ -280,7 +285,7 @@ def masked_model(model: keras.Model, *, outputs: Sequence[str] | None = None, ex
         sizes = next((size_of[id(t)] for t in tensors if id(t) in size_of), None)
         if sizes is None:
             return layer(*args, **kwargs)
-        geometry = _geometry(layer, exact)
+        geometry = layer_geometry(layer, exact)
         if geometry is None:
             out = layer(*args, **kwargs)
             new_sizes = sizes
@@ -332,7 +337,7 @@ def valid_output_sizes(model: keras.Model, sizes, *, output: str | None = None) 
             if id(parent) not in memo:
                 stack.append(parent)
                 continue
-            geometry = _geometry(layer, exact=False)
+            geometry = layer_geometry(layer, exact=False)
             memo[id(cur)] = memo[id(parent)] if geometry is None else \
                 MapValidSize(**geometry).map_numpy(memo[id(parent)])
             stack.pop()

@@ -1,0 +1,252 @@
+"""Train and test APM (Murray & Gordo 2017) on whole images: [semantic stage] -> aesthetic
+training -> [APM-m branch + late fusion] -> Table 1 metrics, plots and weights.
+
+With no data flags it runs on the bundled demo set (built on first use) with small settings so
+that it finishes in a few minutes on 2 CPU cores: images resized to a shorter side of 128 px
+(the paper: 500, --shorter_side=500), 2 epochs, no semantic stage and no APM-m branch (turn them
+on with --semantic_epochs / --apm_m_epochs). Without ImageNet weights in the Keras cache the
+backbone is randomly initialised, announced loudly, and the numbers mean nothing.
+
+With --ava_root it reads AVA with the paper's split (official test list; 2,000 training images
+held out for validation, section 4) and uses the paper's settings (section 3.4).
+
+Examples:
+  python scripts/train_apm.py
+  python scripts/train_apm.py --semantic_epochs=1 --apm_m_epochs=1
+  python scripts/train_apm.py --ava_root=/data/AVA --weights=imagenet --shorter_side=500
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("ava_root", None, "AVA folder (AVA.txt, images/, aesthetics_image_lists/). "
+                    "Default: the bundled demo set.")
+flags.DEFINE_enum("backbone", "resnet101", ["resnet101", "resnet50", "vgg16"],
+                  "Convolutional layers (paper 3.2: ResNet-101; VGG16 for the VGG rows of Table 1).")
+flags.DEFINE_string("weights", "auto", "Backbone weights: 'imagenet' (error if unavailable), 'auto' "
+                    "(ImageNet if available, else a random backbone, announced), 'none', or a path.")
+flags.DEFINE_enum("variant", "dist", ["dist", "dist_eucl", "mean"], "Table 1 variant: dist = Huber "
+                  "loss on 10 bins (eq. 1, sigma 3), dist_eucl = Euclidean loss, mean = 1 output.")
+flags.DEFINE_integer("shorter_side", None, "Resize so the shorter side is this many pixels, aspect "
+                     "kept (paper 3.4: 500; demo default 128 so that it runs on a CPU).")
+flags.DEFINE_integer("batch_size", 16, "Images per batch (batches group similar aspect ratios).")
+flags.DEFINE_integer("accumulate", None, "Gradient accumulation steps (paper batch 128 = 16 x 8; "
+                     "default 8 on AVA, 1 on the demo).")
+flags.DEFINE_integer("epochs", None, "Aesthetic training epochs (default 30 on AVA, 2 on the demo).")
+flags.DEFINE_float("learning_rate", 1e-3, "SGD learning rate (paper 3.4: 1e-3).")
+flags.DEFINE_integer("decay_steps", 20000, "Divide the learning rate by 10 every this many "
+                     "optimizer updates (paper 3.4: 20k iterations). 0 = constant.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "sgd = paper (momentum 0.9, weight decay "
+                  "5e-4); adam = Keras Adam.")
+flags.DEFINE_integer("semantic_epochs", None, "Epochs of the semantic stage (paper 3.3: the student "
+                     "learns the ImageNet ResNet-101's softmax, then its conv layers start the "
+                     "aesthetic model). 0 = skip (demo default); AVA default 3.")
+flags.DEFINE_string("teacher_weights", "auto", "Teacher classifier weights: 'imagenet', 'auto' "
+                    "(random if unavailable, announced), 'none', or a path to the .h5 file.")
+flags.DEFINE_integer("teacher_size", 224, "Square input side of the teacher (ImageNet: 224).")
+flags.DEFINE_integer("apm_m_epochs", None, "Epochs of the APM-m stage (paper 4.1: global max "
+                     "pooling branch, new FC at 10x the base rate 1e-4, late fusion fit on "
+                     "validation). 0 = skip (demo default); AVA default 5.")
+flags.DEFINE_enum("fusion_criterion", "huber", ["huber", "cdloss", "kl", "mse"],
+                  "Validation criterion minimised by the APM-m fusion weight.")
+flags.DEFINE_boolean("masked", True, "Exact padding masking (activations outside each image set "
+                     "to zero after every layer). False = plain zero padding.")
+flags.DEFINE_integer("fc_units", 4096, "Width of the first FC layer (paper 3.2: 4096).")
+flags.DEFINE_integer("demo_images", 240, "Images in the demo set.")
+flags.DEFINE_string("work_dir", None, "Output folder (default runs/apm_<variant>_<data>): weights, "
+                    "config.json, teacher cache, predictions, metrics and plots.")
+flags.DEFINE_integer("seed", 0, "Seed of the split and the batch shuffling.")
+flags.DEFINE_integer("verbose", 1, "0 = quiet, 1 = progress bars.")
+
+TABLE1 = {  # (backbone, variant, semantic, apm_m) -> Murray Table 1 row to print next to the run
+    ("vgg16", "mean"): "VGG-ImN-mean",
+    ("vgg16", "dist_eucl"): "VGG-ImN-dist-Eucl",
+    ("vgg16", "dist"): "VGG-ImN-dist",
+}
+
+
+def paper_row(backbone, variant, semantic, apm_m):
+    if backbone == "vgg16":
+        return TABLE1.get((backbone, variant), "VGG-ImN-dist")
+    if apm_m:
+        return "APM (ResNet-AVA-dist-m)"
+    return "ResNet-AVA-dist" if semantic else "ResNet-ImN-dist"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    demo = FLAGS.ava_root is None
+    data_name = "demo" if demo else "ava"
+    shorter = FLAGS.shorter_side or (128 if demo else 500)
+    epochs = FLAGS.epochs if FLAGS.epochs is not None else (2 if demo else 30)
+    accumulate = FLAGS.accumulate or (1 if demo else 8)
+    sem_epochs = FLAGS.semantic_epochs if FLAGS.semantic_epochs is not None else (0 if demo else 3)
+    m_epochs = FLAGS.apm_m_epochs if FLAGS.apm_m_epochs is not None else (0 if demo else 5)
+    if FLAGS.variant == "mean" and m_epochs:
+        raise app.UsageError("--apm_m_epochs needs a distribution variant (--variant=dist)")
+    for name in ("batch_size", "epochs", "shorter_side"):
+        v = getattr(FLAGS, name)
+        if v is not None and v < (0 if name == "epochs" else 1):
+            raise app.UsageError(f"--{name}={v}: must be positive")
+    work = Path(FLAGS.work_dir or f"runs/apm_{FLAGS.variant}_{data_name}").expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+
+    import numpy as np
+    import pandas as pd
+
+    from ku import metrics, plots
+    from ku.data.aspect_batches import aspect_batches
+    from ku.models import apm, semantic
+    from ku.pipelines.mlsp import resolve_weights
+
+    t0 = time.time()
+    seconds = {}
+    if demo:
+        from ku.data.demo import load_demo
+
+        ids = load_demo(n_images=FLAGS.demo_images, seed=FLAGS.seed, split="murray")
+        print(f"demo set: {len(ids)} images; shorter side {shorter}px (paper: 500), {epochs} epochs")
+    else:
+        from ku.data.readers import read_ava
+
+        ids = read_ava(FLAGS.ava_root, split="murray", seed=FLAGS.seed)
+    parts = {s: ids[ids.set == s].reset_index(drop=True) for s in ("training", "validation", "test")}
+    print("split: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items()))
+
+    weights = resolve_weights(FLAGS.backbone, FLAGS.weights)
+    arch = dict(backbone=FLAGS.backbone, variant=FLAGS.variant, masked=FLAGS.masked,
+                fc_units=FLAGS.fc_units, global_max_branch=False)
+    model = apm.apm_model(weights=weights, **arch)
+    n_params = model.count_params()
+    print(f"{model.name}: {n_params:,} parameters, SPP vector "
+          f"{model.get_layer('apm_spp').output.shape[-1]:,}-d, masking {'on' if FLAGS.masked else 'off'}")
+
+    def optimizer(lr, multipliers=None):
+        return apm.apm_optimizer(FLAGS.optimizer, lr, decay_steps=FLAGS.decay_steps or None,
+                                 lr_multipliers=multipliers,
+                                 gradient_accumulation_steps=accumulate if accumulate > 1 else None)
+
+    # ---- semantic stage (3.3)
+    if sem_epochs:
+        t = time.time()
+        tw = FLAGS.teacher_weights
+        if str(tw).lower() == "auto":
+            try:
+                semantic._teacher_weights_path(download=True, timeout=30)
+                tw = "imagenet"
+            except Exception as e:
+                print("WARNING: the ImageNet ResNet-101 classifier is not available, so the "
+                      "semantic teacher is RANDOMLY INITIALISED: its targets carry no semantics.\n" + str(e))
+                tw = None
+        elif str(tw).lower() == "none":
+            tw = None
+        targets, failed = semantic.teacher_targets(
+            parts["training"], work / f"teacher_{FLAGS.teacher_size}.h5", weights=tw,
+            image_size=FLAGS.teacher_size, verbose=FLAGS.verbose)
+        student = semantic.student_model(FLAGS.backbone, weights, masked=FLAGS.masked)
+        semantic.train_student(student, parts["training"], targets, shorter_side=shorter,
+                               batch_size=FLAGS.batch_size, epochs=sem_epochs, seed=FLAGS.seed,
+                               optimizer=optimizer(FLAGS.learning_rate), verbose=FLAGS.verbose)
+        n = apm.copy_backbone_weights(student, model)
+        print(f"semantic stage: {sem_epochs} epochs; {n} convolutional layers copied into {model.name}")
+        del student
+        seconds["semantic"] = time.time() - t
+
+    # ---- aesthetic training (3.4)
+    t = time.time()
+    y_train = apm.apm_targets(parts["training"], FLAGS.variant)
+    apm.init_output_bias(model, y_train.mean(axis=0))
+    hist = apm.fit_apm(model, parts["training"], parts["validation"], variant=FLAGS.variant,
+                       shorter_side=shorter, batch_size=FLAGS.batch_size, epochs=epochs,
+                       optimizer=optimizer(FLAGS.learning_rate), seed=FLAGS.seed, verbose=FLAGS.verbose)
+    history = pd.DataFrame(hist.history)
+    seconds["train"] = time.time() - t
+
+    # ---- APM-m (4.1)
+    fusion_weight = None
+    if m_epochs:
+        t = time.time()
+        model_m = apm.apm_model(backbone_model=model.get_layer("backbone"),
+                                **{**arch, "global_max_branch": True})
+        for name in ("apm_fc1", "apm_fc2"):
+            model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
+        apm.init_output_bias(model_m, y_train.mean(axis=0))
+        hist_m = apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
+                             batch_size=FLAGS.batch_size, epochs=m_epochs, seed=FLAGS.seed + 1,
+                             optimizer=optimizer(FLAGS.learning_rate / 10,
+                                                 {apm.new_layer_pattern(): 10.0}),
+                             verbose=FLAGS.verbose)
+        history = pd.concat([history, pd.DataFrame(hist_m.history).add_prefix("apm_m_")], axis=1)
+        model = model_m
+        val_out, _ = apm.predict_batches(model, aspect_batches(parts["validation"], FLAGS.batch_size,
+                                                               shorter_side=shorter))
+        fusion_weight, _ = apm.fit_fusion_weight(val_out["distribution"], val_out["max_distribution"],
+                                                 apm.apm_targets(parts["validation"]),
+                                                 criterion=FLAGS.fusion_criterion)
+        print(f"APM-m late fusion weight (SPP branch) fit on validation: {fusion_weight:.2f}")
+        seconds["apm_m"] = time.time() - t
+
+    # ---- test (section 4)
+    t = time.time()
+    test = aspect_batches(parts["test"], FLAGS.batch_size, shorter_side=shorter)
+    out, rows = apm.predict_batches(model, test)
+    test_ids = test.ids.iloc[rows].reset_index(drop=True)
+    dist_true = apm.apm_targets(test_ids, "dist")
+    if FLAGS.variant == "mean":
+        y_pred = out["mean"][:, 0].astype(np.float64)
+        row = metrics.evaluate(apm.predicted_mean(dist_true), y_pred)
+        dist_pred = None
+    else:
+        if fusion_weight is not None:
+            dist_pred = apm.fuse_distributions(out["distribution"], out["max_distribution"], fusion_weight)
+        else:
+            dist_pred = apm.normalize_distribution(out["distribution"])
+        y_pred = apm.predicted_mean(dist_pred)
+        row = metrics.evaluate(None, None, dist_true=dist_true, dist_pred=dist_pred)
+    seconds["test"] = time.time() - t
+    ref_name = paper_row(FLAGS.backbone, FLAGS.variant, bool(sem_epochs), bool(m_epochs))
+    ref = metrics.paper_results()
+    ref = ref[ref.source.str.startswith("Murray")]
+    cols = ["KL", "CDLoss", "MSE", "SRCC", "accuracy"]
+    table = pd.concat([row.reindex(columns=cols).assign(model=f"ku {model.name} ({data_name}, N={len(test_ids)})"),
+                       ref[["model", *cols]]], ignore_index=True)[["model", *cols]]
+    table["accuracy"] = 100 * table["accuracy"]
+    print(f"\nMurray & Gordo 2017 Table 1 layout (closest paper row: {ref_name}); accuracy in %:")
+    print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
+    if demo and weights is None:
+        print("(random backbone on a synthetic demo set: the numbers only show that the pipeline runs)")
+
+    # ---- files
+    table.to_csv(work / "metrics.csv", index=False)
+    history.to_csv(work / "history.csv", index=False)
+    pred = pd.DataFrame({"image_id": test_ids.image_id, "mos": apm.predicted_mean(dist_true),
+                         "predicted_mean": y_pred})
+    if dist_pred is not None:
+        for k in range(dist_pred.shape[1]):
+            pred[f"pred_{k + 1}"] = dist_pred[:, k]
+    pred.to_csv(work / "test_predictions.csv", index=False)
+    plots.scatter_predictions(pred.mos, pred.predicted_mean, threshold=5.0, path=work / "scatter.png",
+                              title=f"{model.name} on {data_name} test")
+    if len(history):
+        plots.training_curves(history, path=work / "training_curves.png")
+    if dist_pred is not None:
+        plots.distributions(dist_true, dist_pred, path=work / "distributions.png")
+    model.save_weights(work / "apm.weights.h5")
+    config = {**arch, "global_max_branch": bool(m_epochs), "shorter_side": shorter,
+              "fusion_weight": fusion_weight, "weights_file": "apm.weights.h5"}
+    (work / "config.json").write_text(json.dumps(config, indent=2))
+    seconds["total"] = time.time() - t0
+    print(f"\nwrote {work}/: metrics.csv, test_predictions.csv, history.csv, scatter.png, "
+          f"training_curves.png{', distributions.png' if dist_pred is not None else ''}, "
+          f"apm.weights.h5, config.json")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,145 @@
+"""Aspect-ratio batches (Murray & Gordo 2017 §3.2/§3.4): resizing, the batch plan, padding,
+the tf.data pipeline on the demo set, bad files, and the padding cost (issue 7 point 3)."""
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from ku.data import aspect_batches as ab
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from ku.data.demo import load_demo
+
+    return load_demo(split="murray")
+
+
+@pytest.mark.parametrize("hw, s, expected", [
+    ((300, 400), 500, (500, 667)), ((400, 300), 500, (667, 500)), ((500, 500), 224, (224, 224)),
+    ((1000, 1500), 500, (500, 750)), ((201, 800), 100, (100, 398)), ((3, 1000), 2, (2, 667)),
+])
+def test_resized_size(hw, s, expected):
+    assert ab.resized_size(*hw, shorter_side=s) == expected
+
+
+def test_resized_size_max_side_and_errors():
+    assert ab.resized_size(300, 1200, 500, max_side=1000) == (250, 1000)
+    assert ab.resized_size(300, 400, None) == (300, 400)
+    with pytest.raises(ValueError):
+        ab.resized_size(0, 10)
+
+
+def random_sizes(n, seed):
+    rng = np.random.default_rng(seed)
+    short = rng.integers(200, 400, n)
+    aspect = rng.choice([1, 4 / 3, 3 / 2, 16 / 9], n)
+    land = rng.random(n) < 0.7
+    long = np.round(short * aspect).astype(int)
+    return np.stack([np.where(land, short, long), np.where(land, long, short)], 1)
+
+
+def test_plan_eval_is_sorted_and_complete():
+    sizes = random_sizes(53, 0)
+    plan = ab.plan_batches(sizes, 8)
+    assert [len(b) for b in plan] == [8] * 6 + [5]
+    order = np.concatenate(plan)
+    assert sorted(order.tolist()) == list(range(53))
+    aspect = np.log(sizes[order, 1] / sizes[order, 0])
+    assert (np.diff(aspect) >= 0).all()
+    assert all((a == b).all() for a, b in zip(plan, ab.plan_batches(sizes, 8)))
+
+
+def test_plan_shuffle_seeded_per_epoch():
+    sizes = random_sizes(100, 1)
+    a = ab.plan_batches(sizes, 8, shuffle=True, seed=3, epoch=0)
+    b = ab.plan_batches(sizes, 8, shuffle=True, seed=3, epoch=0)
+    c = ab.plan_batches(sizes, 8, shuffle=True, seed=3, epoch=1)
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert not all((x == y).all() for x, y in zip(a, c))
+    for plan in (a, c):
+        assert sorted(np.concatenate(plan).tolist()) == list(range(100))
+        assert len(plan[-1]) == 4 and all(len(p) == 8 for p in plan[:-1])
+    d = ab.plan_batches(sizes, 8, shuffle=True, drop_remainder=True)
+    assert len(d) == 12 and all(len(p) == 8 for p in d)
+    # shuffled batches still group similar aspect ratios: far less padding than random batches
+    perm = np.random.default_rng(0).permutation(100)
+    rand = [perm[i:i + 8] for i in range(0, 100, 8)]
+    assert ab.padding_ratio(sizes, a) < ab.padding_ratio(sizes, rand)
+
+
+def test_padding_ratio_brute_force():
+    sizes = np.array([[10, 20], [12, 18], [30, 5]])
+    batches = [np.array([0, 1]), np.array([2])]
+    canvas = 2 * 12 * 20 + 30 * 5
+    image = 10 * 20 + 12 * 18 + 30 * 5
+    assert np.isclose(ab.padding_ratio(sizes, batches), canvas / image)
+
+
+def test_pipeline_on_demo(demo):
+    ids = demo[demo.set == "test"].head(12)
+    res = ab.aspect_batches(ids, 5, shorter_side=96, targets="distributions")
+    assert res.steps_per_epoch == 3 and not res.failed
+    from ku.data.readers import distributions
+
+    dist = distributions(res.ids)
+    seen = []
+    for (images, sizes), y in res.dataset:
+        images, sizes, y = images.numpy(), sizes.numpy(), y.numpy()
+        assert images.shape[1:3] == tuple(sizes.max(0))  # padded to the batch's max h / w
+        assert images.dtype == np.float32
+        for k in range(len(sizes)):
+            row = res.order[len(seen)]
+            seen.append(row)
+            h, w = sizes[k]
+            assert min(h, w) == 96
+            np.testing.assert_array_equal(sizes[k], res.sizes[row])
+            assert (images[k, h:] == 0).all() and (images[k, :, w:] == 0).all()
+            np.testing.assert_allclose(y[k], dist[row], rtol=1e-6)
+            alone = ab.load_image(res.ids.image_path[row], shorter_side=96)
+            np.testing.assert_array_equal(images[k, :h, :w], alone)
+            # against an OpenCV reference resize of the decoded file (different filters: loose)
+            ref = cv2.cvtColor(cv2.imread(res.ids.image_path[row]), cv2.COLOR_BGR2RGB)
+            ref = cv2.resize(ref, (int(w), int(h)), interpolation=cv2.INTER_AREA).astype(np.float32)
+            assert np.abs(images[k, :h, :w] - ref).mean() < 4.0
+    assert sorted(seen) == list(range(12))
+    assert 1.0 <= res.padding_ratio < 1.5
+
+
+def test_pipeline_epochs_keep_batches_aligned(demo):
+    ids = demo[demo.set == "training"].head(11)
+    res = ab.aspect_batches(ids, 4, shorter_side=48, shuffle=True, seed=5, epochs=2)
+    assert res.steps_per_epoch == 3 and len(res.batches) == 6
+    got = [sizes.numpy() for _, sizes in res.dataset]  # no targets: (images, sizes)
+    assert len(got) == 6
+    for sizes, plan in zip(got, res.batches):
+        np.testing.assert_array_equal(sizes, res.sizes[plan])
+
+
+def test_bad_files_skipped_and_reported(demo, tmp_path):
+    ids = demo.head(4).copy().reset_index(drop=True)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    extra = pd.DataFrame({"image_id": ["bad1", "bad2"], "image_path": [str(bad), str(empty)]})
+    table = pd.concat([ids[["image_id", "image_path"]], extra], ignore_index=True)
+    res = ab.aspect_batches(table, 8, shorter_side=32)
+    assert {f[0] for f in res.failed} == {"bad1", "bad2"}
+    assert len(res.ids) == 4
+    n = sum(int(x[0].shape[0]) for x in res.dataset)
+    assert n == 4
+
+
+def test_padding_report_demo_and_simulated_ava(demo):
+    rep = ab.demo_padding_report(batch_size=16, shorter_side=500)
+    print(f"\ndemo set, batch 16, shorter side 500: {rep}")
+    assert rep["n_images"] == len(demo)
+    assert rep["eval_ratio"] < 1.3 and rep["train_ratio"] < 1.3 and rep["random_ratio"] > 1.5
+    sizes = ab.simulate_ava_sizes(20000, seed=0)
+    mean_h, mean_w = sizes.mean(0)
+    assert abs(mean_w - 629) < 15 and abs(mean_h - 497) < 20 and sizes.max() == 800
+    rep = ab.padding_report(sizes, 16, shorter_side=None, fixed_canvas=(800, 800))
+    print(f"simulated AVA (original sizes), batch 16: {rep}")
+    assert rep["eval_ratio"] <= 1.3 and rep["train_ratio"] <= 1.3
+    assert 1.7 < rep["fixed_ratio"] < 2.2
