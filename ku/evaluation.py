@@ -114,7 +114,7 @@ def predict_augmented(model, store_path, ids, *, batch_size: int = 32, augmentat
     Args:
         model: a single-input, single-output Keras model on one stored feature
             (``(batch, *feature_shape)`` -> ``(batch, 1)`` or ``(batch, K)``).
-        store_path: a :class:`ku.data.store.FeatureStore` file.
+        store_path: a :class:`ku.data.store.FeatureStore` file, or a list / glob of shard files.
         ids: image ids (list) or an ids table (its ``image_id`` column), in the order wanted.
         batch_size: images per model call.
         augmentations: ``"all"`` or a list of augmentation indices / names (``store.augmentations``).
@@ -127,7 +127,7 @@ def predict_augmented(model, store_path, ids, *, batch_size: int = 32, augmentat
     """
     import keras
 
-    from ku.data.store import FeatureStore
+    from ku.data.shards import open_store
 
     if int(batch_size) < 1:
         raise ValueError(f"predict_augmented: batch_size must be >= 1, got {batch_size}")
@@ -135,7 +135,7 @@ def predict_augmented(model, store_path, ids, *, batch_size: int = 32, augmentat
     ids = _id_list(ids)
     if not ids:
         raise ValueError("predict_augmented: no ids")
-    with FeatureStore(store_path) as store:
+    with open_store(store_path) as store:
         rows = store.index_of(ids)
         store.check_complete(rows)
         sel = _augmentation_indices(store, augmentations)

@@ -11,7 +11,10 @@ flush), so a killed run leaves a valid store, and calling :func:`extract_feature
 same arguments continues after the rows already complete and produces the same file, byte for byte,
 as an uninterrupted run. Unreadable images (and images the extractor fails on) are logged,
 flagged in the store's ``failed`` dataset, listed in the returned report and skipped; they are
-retried on the next call.
+retried on the next call. Images too small for the backbone (an augmentation's side below its
+minimum input side, 75 px for the Inception networks) are refused the same way, with a message
+naming the file and the sizes: they are never upscaled (see :mod:`ku.data.images`,
+docs/bad_input.md).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ku.data.augment import DEFAULT_CROP_FRACTION, augment, resolve_augmentations
+from ku.data.augment import DEFAULT_CROP_FRACTION, augment, crop_size, resolve_augmentations
 from ku.data.store import (
     FeatureStore,
     FeatureStoreError,
@@ -39,7 +42,8 @@ from ku.data.store import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_features", "ExtractionReport", "normalize_image_list", "extractor_fingerprint"]
+__all__ = ["extract_features", "ExtractionReport", "normalize_image_list", "extractor_fingerprint",
+           "resolve_min_side"]
 
 
 @dataclasses.dataclass
@@ -170,6 +174,52 @@ def _feature_shape(extractor, infer, feature_shape):
     return tuple(probe.shape[1:])
 
 
+def resolve_min_side(extractor, min_side="auto") -> int | None:
+    """The smallest input side ``extractor`` accepts: ``min_side`` itself when it is an int or
+    None; for ``"auto"`` the ``ku_min_side`` attribute of the extractor if set, else the
+    ``min_size`` of the :data:`ku.backbones.BACKBONES` entry whose name is part of the
+    extractor's name (``mlsp_wide_inception_v3`` -> 75), else None (no check)."""
+    if min_side is None or not isinstance(min_side, str):
+        if min_side is not None and int(min_side) < 1:
+            raise ValueError(f"min_side must be a positive int, None or 'auto', got {min_side!r}")
+        return None if min_side is None else int(min_side)
+    if min_side != "auto":
+        raise ValueError(f"min_side must be a positive int, None or 'auto', got {min_side!r}")
+    own = getattr(extractor, "ku_min_side", None)
+    if own is not None:
+        return int(own)
+    name = str(getattr(extractor, "name", "") or "")
+    try:
+        from ku.backbones import BACKBONES
+    except ImportError:  # pragma: no cover
+        return None
+    hits = sorted((k for k in BACKBONES if k in name), key=len, reverse=True)
+    return int(BACKBONES[hits[0]].min_size) if hits else None
+
+
+def _check_min_side(image, path, augs, crop_fraction, min_side):
+    """ImageReadError naming the file if an augmentation of ``image`` is below ``min_side``."""
+    from ku.data.images import ImageReadError
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    sizes = [(h, w) if a.corner is None else crop_size(h, w, crop_fraction) for a in augs]
+    ah, aw = min(sizes, key=min)
+    if min(ah, aw) < min_side:
+        what = "the image" if (ah, aw) == (h, w) else f"its {crop_fraction:g} crops ({ah}x{aw} px)"
+        raise ImageReadError(path, f"image is {h}x{w} px: {what} below the extractor's minimum input "
+                                   f"side of {min_side} px (small images are refused, not upscaled; "
+                                   f"crops need an image side >= {_min_image_side(min_side, crop_fraction, augs)} px)")
+
+
+def _min_image_side(min_side, crop_fraction, augs):
+    if all(a.corner is None for a in augs):
+        return min_side
+    s = min_side
+    while crop_size(s, s, crop_fraction)[0] < min_side:
+        s += 1
+    return s
+
+
 def _group_by_size(image, augs, crop_fraction):
     """{size: [(aug_index, array), ...]} -- same-sized augmentations go through one batch."""
     groups = collections.OrderedDict()
@@ -199,6 +249,7 @@ def extract_features(
     read_fn: Callable | None = None,
     id_column: str = "image_id",
     path_column: str = "image_path",
+    min_side="auto",
 ) -> ExtractionReport:
     """Extract features of every image (and its augmentations) into an HDF5 feature store.
 
@@ -237,6 +288,10 @@ def extract_features(
             model rather than a bad image). Read failures never stop the run.
         read_fn: image reader ``f(path, max_pixels=...) -> uint8 (H, W, 3)``; default
             :func:`ku.data.images.read_image`.
+        min_side: images whose augmentations (crops) would have a side below this are skipped
+            and reported (never upscaled); ``"auto"`` (default) takes the backbone's minimum from
+            the extractor (:func:`resolve_min_side`; 75 px for Inception: images >= 86 px for
+            87.5 % crops), None disables the check.
     Returns:
         :class:`ExtractionReport` (also logged as a one-line summary).
     """
@@ -255,6 +310,7 @@ def extract_features(
     if read_fn is None:
         from ku.data.images import read_image as read_fn  # noqa: N813 (lazy: keeps import light)
 
+    min_side = resolve_min_side(extractor, min_side)
     infer = _make_infer(extractor)
     fshape = _feature_shape(extractor, infer, feature_shape)
     store_path = Path(store_path)
@@ -286,7 +342,8 @@ def extract_features(
             logger.info("%s: resuming, %d of %d rows already complete", store_path, report.n_skipped, len(ids))
         _run(store, pending, ids, paths, augs, infer, report, batch_size=batch_size,
              crop_fraction=crop_fraction, max_pixels=max_pixels, flush_every=flush_every, readers=readers,
-             progress=progress, read_fn=read_fn, max_consecutive_errors=max_consecutive_errors)
+             progress=progress, read_fn=read_fn, max_consecutive_errors=max_consecutive_errors,
+             min_side=min_side)
     report.seconds = time.perf_counter() - t_start
     logger.info(report.summary())
     return report
@@ -331,7 +388,7 @@ def _version():
 
 
 def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fraction, max_pixels,
-         flush_every, readers, progress, read_fn, max_consecutive_errors):
+         flush_every, readers, progress, read_fn, max_consecutive_errors, min_side=None):
     import keras
 
     bar = keras.utils.Progbar(len(pending), stateful_metrics=["images/s", "failed"],
@@ -348,7 +405,10 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
 
     def load(row):
         try:
-            return read_fn(paths[row], max_pixels=max_pixels), None
+            image = read_fn(paths[row], max_pixels=max_pixels)
+            if min_side is not None:
+                _check_min_side(np.asarray(image), paths[row], augs, crop_fraction, min_side)
+            return image, None
         except Exception as e:  # ImageReadError, OSError, anything a decoder throws
             return None, e
 

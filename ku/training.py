@@ -49,6 +49,8 @@ __all__ = [
     "TrainingResult",
     "safe_name",
     "read_schedule_state",
+    "ResumableBackup",
+    "backup_epoch",
 ]
 
 STATE_FORMAT = "ku.staged_lr/1"
@@ -346,14 +348,25 @@ class StagedLearningRate(keras.callbacks.Callback):
                 f.attrs["ku_monitor"] = self.monitor
                 f.attrs["ku_best_value"] = float(self._state["best"])
                 f.attrs["ku_best_epoch"] = int(self._state["best_epoch"])
+            if path.exists():
+                # keep the previous best: if this process dies before the epoch's checkpoint, the
+                # resumed run re-runs the epoch and needs the best weights *before* it
+                os.replace(path, self._previous_best_path())
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
 
-    def _load_best_file(self):
-        """Read the best weights from best_weights_path into memory (model left unchanged)."""
+    def _previous_best_path(self) -> Path:
+        """``best.weights.h5`` -> ``best.previous.weights.h5`` (the best weights before the last
+        improvement)."""
         path = self.best_weights_path
+        return path.with_name(path.name[:-len(".weights.h5")] + ".previous.weights.h5")
+
+    def _load_best_file(self, path=None):
+        """Read the best weights from best_weights_path (or ``path``) into memory (model left
+        unchanged)."""
+        path = self.best_weights_path if path is None else Path(path)
         attrs = _read_best_attrs(path)
         if attrs is None or attrs["monitor"] != self.monitor:
             logger.warning("%s: not written by a StagedLearningRate monitoring %r; ignored", path, self.monitor)
@@ -368,9 +381,22 @@ class StagedLearningRate(keras.callbacks.Callback):
 
     def _reconcile_best_file(self):
         a = self._best_from_file
+        st = self._state
+        prev_path = self._previous_best_path() if self.best_weights_path is not None else None
+        if a is None or (a["best_epoch"], a["best"]) != (st["best_epoch"], st["best"]):
+            # A kill after an improvement was written but before that epoch's checkpoint leaves the
+            # best file one epoch ahead of the resumed state; the previous best file then holds
+            # the state's best (issue 8: resume must equal an uninterrupted run).
+            p = _read_best_attrs(prev_path) if prev_path is not None and prev_path.exists() else None
+            if (p is not None and p["monitor"] == self.monitor and st["best"] is not None
+                    and (p["best_epoch"], p["best"]) == (st["best_epoch"], st["best"])):
+                logger.info("%s is ahead of the checkpoint (epoch %s); using %s (epoch %d)",
+                            self.best_weights_path, None if a is None else a["best_epoch"], prev_path,
+                            p["best_epoch"])
+                self._load_best_file(prev_path)
+                return
         if a is None:
             return
-        st = self._state
         if (a["best_epoch"], a["best"]) != (st["best_epoch"], st["best"]):
             logger.warning("%s holds the best weights of epoch %d (%s=%.6g) but the schedule state says "
                            "epoch %s (%s); using the file", self.best_weights_path, a["best_epoch"],
@@ -419,8 +445,10 @@ class StagedLearningRate(keras.callbacks.Callback):
                 self._state = self._fresh_state(lr0)
                 self._persisted = copy.deepcopy(self._state)
         if (self._best_weights is None and (self._state["best"] is not None or self._state["epoch"] > 0)
-                and self.best_weights_path is not None and self.best_weights_path.exists()):
-            self._load_best_file()
+                and self.best_weights_path is not None
+                and (self.best_weights_path.exists() or self._previous_best_path().exists())):
+            if self.best_weights_path.exists():
+                self._load_best_file()
             if self._pending is None:
                 self._reconcile_best_file()
         if self._state["finished"]:
@@ -573,6 +601,16 @@ def _split_batch(batch):
                      f"got {type(batch).__name__}")
 
 
+def _multi_worker_model(model) -> bool:
+    """The model lives in a multi-worker MultiWorkerMirroredStrategy (see ku.distribute)."""
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None:
+        return False
+    from ku.distribute import is_multi_worker
+
+    return is_multi_worker(strategy)
+
+
 def _numpy(a):
     return np.asarray(keras.ops.convert_to_numpy(a))
 
@@ -613,6 +651,9 @@ class ValidationCorrelation(keras.callbacks.Callback):
         data = self.validation_data
         if isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], keras.utils.PyDataset):
             x, y = data[0], data[1]
+            if _multi_worker_model(self.model):
+                return _numpy(y), np.concatenate([_numpy(self.model(x[i:i + self.batch_size], training=False))
+                                                  for i in range(0, len(x), self.batch_size)])
             return _numpy(y), _numpy(self.model.predict(x, batch_size=self.batch_size, verbose=0))
         ys, ps = [], []
         if _is_indexable_dataset(data):
@@ -625,7 +666,10 @@ class ValidationCorrelation(keras.callbacks.Callback):
         for batch in batches:
             x, y = _split_batch(batch)
             ys.append(_numpy(y))
-            ps.append(_numpy(self.model.predict_on_batch(x)))
+            if _multi_worker_model(self.model):  # predict* would gather every worker's copy
+                ps.append(_numpy(self.model(x, training=False)))
+            else:
+                ps.append(_numpy(self.model.predict_on_batch(x)))
         if not ys:
             raise ValueError("ValidationCorrelation: the validation data gave no batches")
         return np.concatenate(ys, axis=0), np.concatenate(ps, axis=0)
@@ -685,16 +729,121 @@ def _read_history(path: Path):
 
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, on_bad_lines="warn")  # a line cut by a kill must not lose the history
     if "epoch" in df.columns:  # an epoch re-run after a crash appears twice: keep the last
         df = df.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
     return df
 
 
+# ---------------------------------------------------------------------------------------------
+# crash-safe checkpoint (issue 8)
+
+_BACKUP_EPOCH_ATTR = "ku_epoch"
+_RNG_GROUP = "ku_rng_states"
+
+
+def _rng_variables(model) -> list:
+    """The random-generator state variables of ``model`` (e.g. each Dropout layer's
+    ``SeedGenerator``), in the model's deterministic variable order. Keras' weight files do not
+    hold them, so without them a resumed run would draw other dropout masks."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def backup_epoch(backup_dir) -> int:
+    """Epochs completed according to the checkpoint in ``backup_dir`` (0 if there is none): the
+    ``ku_epoch`` attribute of ``latest.weights.h5`` written by :class:`ResumableBackup`, else
+    Keras' ``training_metadata.json``."""
+    import h5py
+
+    backup_dir = Path(backup_dir)
+    weights = backup_dir / "latest.weights.h5"
+    if weights.exists():
+        with h5py.File(weights, "r") as f:
+            if _BACKUP_EPOCH_ATTR in f.attrs:
+                return int(f.attrs[_BACKUP_EPOCH_ATTR])
+    meta = backup_dir / "training_metadata.json"
+    if meta.exists():
+        with open(meta, encoding="utf-8") as f:
+            return int(json.load(f).get("epoch", 0))
+    return 0
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` (one checkpoint per epoch) made crash safe.
+
+    Keras overwrites ``latest.weights.h5`` in place and then writes the epoch to a second file, so
+    a SIGKILL while saving leaves a corrupt checkpoint (the run cannot resume) or weights of epoch
+    ``e + 1`` labelled as epoch ``e`` (the resumed run silently trains epoch ``e + 1`` twice).
+    Here the checkpoint is one file, written to a temporary name and renamed into place (atomic):
+    model weights and optimizer state (Keras' format), the epoch (HDF5 attribute ``ku_epoch``)
+    and the states of the model's random generators (group ``ku_rng_states``: Dropout masks after
+    a resume are those of the uninterrupted run). ``training_metadata.json`` is still written
+    (atomically) for Keras and other readers; the epoch in the weights file wins.
+
+    Args:
+        backup_dir: folder of the checkpoint (``run_dir/backup`` in :func:`train`).
+        fsync: ``os.fsync`` the checkpoint before the rename (survives power loss, not only kills).
+    """
+
+    def __init__(self, backup_dir, fsync: bool = True):
+        super().__init__(backup_dir=str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self.fsync = bool(fsync)
+
+    def _save_model(self):
+        import h5py
+
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = Path(self._weights_path)
+        tmp = folder / f".{path.name[:-len('.weights.h5')]}.tmp-{os.getpid()}.weights.h5"
+        try:
+            self.model.save_weights(str(tmp), overwrite=True)
+            with h5py.File(tmp, "a") as f:
+                f.attrs[_BACKUP_EPOCH_ATTR] = int(self._current_epoch)
+                group = f.create_group(_RNG_GROUP)
+                for i, v in enumerate(_rng_variables(self.model)):
+                    ds = group.create_dataset(f"{i:04d}", data=np.asarray(keras.ops.convert_to_numpy(v)))
+                    ds.attrs["path"] = v.path
+            if self.fsync:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _atomic_write_text(Path(self._training_metadata_path),
+                           json.dumps({"epoch": int(self._current_epoch), "batch": int(self._last_batch_seen)}))
+
+    def _load_model(self):
+        import h5py
+
+        path = Path(self._weights_path)
+        if not path.exists():
+            return super()._load_model()
+        super()._load_model()  # weights + optimizer state (and Keras' epoch from the json file)
+        with h5py.File(path, "r") as f:
+            epoch = int(f.attrs[_BACKUP_EPOCH_ATTR]) if _BACKUP_EPOCH_ATTR in f.attrs else None
+            states = [f[_RNG_GROUP][k][()] for k in sorted(f[_RNG_GROUP])] if _RNG_GROUP in f else None
+        if epoch is not None:
+            self.model._initial_epoch = epoch
+        if states is not None:
+            variables = _rng_variables(self.model)
+            if len(variables) != len(states) or any(tuple(v.shape) != s.shape for v, s in zip(variables, states)):
+                logger.warning("%s: random-generator states do not match the model (%d saved, %d in the "
+                               "model); dropout masks will differ from an uninterrupted run", path,
+                               len(states), len(variables))
+            else:
+                for v, s in zip(variables, states):
+                    v.assign(s)
+
+
 def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_rate=None,
           schedule=None, max_epochs: int = 60, resume: bool = True, verbose: int = 1, callbacks=(),
           metrics=None, batch_size: int | None = None, validation_batch_size: int | None = None,
-          shuffle=None, optimizer=None, **fit_kwargs) -> TrainingResult:
+          shuffle=None, optimizer=None, strategy=None, **fit_kwargs) -> TrainingResult:
     """Compile with Adam and train with the schedule of Hosu et al. 2019 §3.3, resumably.
 
     Callbacks, in this order: :class:`ValidationCorrelation` (``val_srcc``, ``val_plcc``,
@@ -733,12 +882,29 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
         shuffle: ``fit``'s shuffle; default True for arrays, False for datasets (a
             ``FeatureSequence`` shuffles items itself, reproducibly).
         optimizer: default ``keras.optimizers.Adam(learning_rate)`` with default betas (§3.3).
+        strategy: ``tf.distribute`` strategy (or ``"default"``, ``"mirrored"``,
+            ``"multi_worker"``; :func:`ku.distribute.get_strategy`). The model must have been
+            created under ``strategy.scope()``; the optimizer is created and compiled there.
+            ``batch_size`` / a ``FeatureSequence``'s batch size is the *global* batch; a
+            ``FeatureSequence`` (train and validation) is converted to a sharded distributed
+            dataset (every worker reads its slice of each batch,
+            :func:`ku.distribute.distribute_sequence`); BatchNormalization uses the statistics
+            of the global batch (``synchronized``, :func:`ku.distribute.prepare_model`) and its
+            moving statistics are kept equal on all replicas. Only the
+            chief writes ``run_dir``; other workers write into a temporary directory (deleted at
+            the end), seeded from ``run_dir`` when resuming, so ``run_dir`` must be on a shared
+            file system for multi-worker resume (checked).
         **fit_kwargs: passed to ``model.fit``.
     Returns:
         :class:`TrainingResult`; the model holds the best weights.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from ku import distribute as _dist
+
+    strategy = _dist.get_strategy(strategy)
+    strategy = None if _dist.is_default(strategy) else strategy
+    shared_run_dir, run_dir, _finish = _dist.worker_run_dir(run_dir, strategy, resume)
     backup_dir = run_dir / "backup"
     state_path = run_dir / "schedule_state.json"
     best_path = run_dir / "best.weights.h5"
@@ -760,6 +926,8 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
         schedule.state_path = state_path
     if schedule.best_weights_path is None:
         schedule.best_weights_path = best_path
+    if run_dir != shared_run_dir:  # a non-chief worker writes only into its temporary directory
+        schedule.state_path, schedule.best_weights_path = state_path, best_path
     lr0 = schedule.initial_lr
 
     if not resume:
@@ -772,9 +940,11 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
             logger.warning("train(resume=False): removing %s", backup_dir)
             shutil.rmtree(backup_dir)
 
-    if optimizer is None:
-        optimizer = keras.optimizers.Adam(learning_rate=lr0)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    _dist.prepare_model(model, strategy)
+    with _dist.scope(strategy):  # optimizer variables must be mirrored too
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(learning_rate=lr0)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     if hasattr(model, "_initial_epoch"):
         model._initial_epoch = None  # left set by an earlier BackupAndRestore on this model object
 
@@ -794,17 +964,18 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
             _load_model_weights(model, schedule.best_weights_path)
         else:
             logger.warning("train: %s is missing; the model keeps its weights", schedule.best_weights_path)
-        return result(0)
+        return _finish(result(0))
 
     initial_epoch = 0
-    meta = backup_dir / "training_metadata.json"
-    if resume and meta.exists():
-        with open(meta, encoding="utf-8") as f:
-            initial_epoch = int(json.load(f).get("epoch", 0))
+    if resume and backup_dir.exists():
+        initial_epoch = backup_epoch(backup_dir)  # the checkpoint's own epoch (ResumableBackup)
         logger.info("train: resuming %s at epoch %d", run_dir, initial_epoch)
         if initial_epoch and hasattr(train_data, "set_epoch") and getattr(train_data, "epoch", None) == 0:
             train_data.set_epoch(initial_epoch)
 
+    if strategy is not None:
+        _dist.all_workers_agree(strategy, initial_epoch, "the epoch to resume from")
+        train_data = _dist.distribute_input(train_data, strategy)
     is_dataset = not isinstance(train_data, (tuple, list))
     if is_dataset:
         x, y = train_data, None
@@ -817,13 +988,16 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
     val_for_fit = validation_data
     if isinstance(validation_data, list) and len(validation_data) in (2, 3):
         val_for_fit = tuple(validation_data)
+    if strategy is not None:
+        val_for_fit = _dist.distribute_input(val_for_fit, strategy)
     if not is_dataset and batch_size is None:
         batch_size = 128
 
     csv_logger = keras.callbacks.CSVLogger(str(history_path), append=True)
-    cbs = [ValidationCorrelation(validation_data, batch_size=validation_batch_size or batch_size or 128),
+    cbs = [*([_dist.SyncBatchStatistics(strategy)] if strategy is not None else []),
+           ValidationCorrelation(validation_data, batch_size=validation_batch_size or batch_size or 128),
            schedule, *callbacks, csv_logger,
-           keras.callbacks.BackupAndRestore(backup_dir=str(backup_dir), delete_checkpoint=False)]
+           ResumableBackup(backup_dir)]
     try:
         hist = model.fit(x, y, batch_size=None if is_dataset else batch_size, epochs=int(max_epochs),
                          validation_data=val_for_fit,
@@ -836,4 +1010,4 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
         if hasattr(model, "_initial_epoch"):
             model._initial_epoch = None  # else a later plain model.fit() would start at this epoch
     epochs_run = len(hist.epoch) if hist is not None else 0
-    return result(epochs_run)
+    return _finish(result(epochs_run))

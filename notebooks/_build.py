@@ -185,6 +185,109 @@ two_stage = head.predict(extractor.predict(img[None], verbose=0), verbose=0)
 print("end-to-end", float(model.predict(img[None], verbose=0).ravel()[0]), "two-stage", float(two_stage.ravel()[0]))'''),
 ]
 
+NOTEBOOKS["02_apm_murray2017"] = [
+    md('''
+# Murray & Gordo 2017: a deep architecture for unified aesthetic prediction (APM)
+
+**The idea.** Aesthetics needs the whole image, at its own aspect ratio: cropping or warping to
+224x224 changes composition. APM runs ResNet-101's convolutional layers on the whole image
+(shorter side 500), pools the last feature map with an *adaptive* 3x3 spatial pyramid (the cells
+scale with each image, so every image gives 2048 x 9 = 18,432 values), L2-normalises, and predicts
+the 10-bin vote distribution with two FC layers and a Huber loss per bin (eq. 1). Extras: a
+*semantic* pre-training stage (the network first learns an ImageNet teacher's softmax), an APM-m
+global-max branch fused late, and gradient-descent *image modification* with heat maps.
+
+Batches of different-sized images are padded; ku masks the padding exactly (activations outside
+each image are zero after every layer), so an image's prediction is the same in any batch.'''),
+    code(SETUP),
+    code('''from ku.data.demo import load_demo
+ids = load_demo(n_images=40 if FAST else 240, seed=0, root=WORK / "demo", split="murray")
+parts = {s: ids[ids.set == s].reset_index(drop=True) for s in ("training", "validation", "test")}
+# FAST: ResNet-50 (same structure, half the depth) on tiny images; full: the paper's ResNet-101.
+BACKBONE, SHORTER, EPOCHS = ("resnet50", 64, 1) if FAST else ("resnet101", 128, 2)
+print({k: len(v) for k, v in parts.items()}, BACKBONE, f"shorter side {SHORTER}px (paper: 500)")'''),
+    md('''## 1. Adaptive spatial pyramid pooling over each image's valid region
+Bin `i` of `l` over a valid extent `n` covers `[floor(i n / l), ceil((i + 1) n / l))`; values
+outside the valid region (padding) are never read.'''),
+    code('''from ku.layers.spp import SpatialPyramidPooling
+fmap = np.random.default_rng(0).normal(size=(2, 9, 12, 4)).astype("float32")
+sizes = np.array([[9, 12], [5, 7]], "int32")          # second map: valid region 5x7, rest is padding
+spp = SpatialPyramidPooling(levels=(3,), l2_normalize=True)
+v = np.asarray(spp([fmap, sizes]))
+fmap2 = fmap.copy(); fmap2[1, 5:] = 99; fmap2[1, :, 7:] = 99   # garbage in the padding
+print("output", v.shape, "| L2 norms", np.linalg.norm(v, axis=1).round(6),
+      "| padding ignored:", np.array_equal(v, np.asarray(spp([fmap2, sizes]))))'''),
+    md('''## 2. The model, with exact masking
+Without ImageNet weights (offline: put `resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5` in
+`~/.keras/models/`) the backbone is random, announced loudly.'''),
+    code('''from ku.models import apm
+from ku.pipelines.mlsp import resolve_weights
+weights = resolve_weights(BACKBONE, "auto")
+model = apm.apm_model(BACKBONE, weights=weights, variant="dist", fc_units=256 if FAST else 4096)
+print(model.name, f"{model.count_params():,} parameters; SPP vector", model.get_layer("apm_spp").output.shape[-1])'''),
+    code('''from ku.data.aspect_batches import load_image
+imgs = [load_image(p, shorter_side=SHORTER) for p in parts["test"].image_path[:3]]
+alone = apm.predict_images(model, imgs)["distribution"]
+H = max(i.shape[0] for i in imgs); W = max(i.shape[1] for i in imgs)
+canvas = np.zeros((len(imgs), H, W, 3), "float32")
+for b, im in enumerate(imgs):
+    canvas[b, :im.shape[0], :im.shape[1]] = im
+padded = np.asarray(model([canvas, np.array([i.shape[:2] for i in imgs], "int32")], training=False))
+print("image sizes", [i.shape[:2] for i in imgs], "| padded batch vs alone, largest difference:",
+      float(np.abs(padded - alone).max()))'''),
+    md('''## 3. Semantic pre-training (§3.3), then aesthetic training (§3.4)
+The student learns the teacher's softmax (cached once per image), then its convolutional weights
+start the aesthetic model. Batches group images of similar aspect ratio.'''),
+    code('''from ku.models import semantic
+teacher_weights = "imagenet" if weights == "imagenet" else None   # no ImageNet -> random teacher (demo only)
+sem_ids = parts["training"].iloc[:16] if FAST else parts["training"]
+targets, failed = semantic.teacher_targets(sem_ids, WORK / "teacher.h5", weights=teacher_weights,
+                                           image_size=64 if FAST else 224, verbose=0)
+student = semantic.student_model(BACKBONE, weights)
+semantic.train_student(student, sem_ids, targets, shorter_side=SHORTER, batch_size=8, epochs=1, verbose=0)
+print("copied", apm.copy_backbone_weights(student, model), "layers from the student")'''),
+    code('''y_train = apm.apm_targets(parts["training"], "dist")
+apm.init_output_bias(model, y_train.mean(axis=0))
+hist = apm.fit_apm(model, parts["training"], parts["validation"], variant="dist", shorter_side=SHORTER,
+                   batch_size=8, epochs=EPOCHS, verbose=0)
+pd.DataFrame(hist.history)'''),
+    md('''## 4. APM-m: a global-max branch and late fusion (§4.1)
+New FC layers train at 10x the base rate (`ku.optimizers.LayerwiseSGD`); the fusion weight is fit
+on the validation set.'''),
+    code('''from ku.data.aspect_batches import aspect_batches
+model_m = apm.apm_model(backbone_model=model.get_layer("backbone"), variant="dist", global_max_branch=True,
+                        fc_units=256 if FAST else 4096)
+for name in ("apm_fc1", "apm_fc2"):
+    model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
+apm.init_output_bias(model_m, y_train.mean(axis=0))
+apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=SHORTER, batch_size=8, epochs=1,
+            optimizer=apm.apm_optimizer("sgd", 1e-4, lr_multipliers={apm.new_layer_pattern(): 10.0}), verbose=0)
+val_out, _ = apm.predict_batches(model_m, aspect_batches(parts["validation"], 8, shorter_side=SHORTER))
+w, _ = apm.fit_fusion_weight(val_out["distribution"], val_out["max_distribution"], apm.apm_targets(parts["validation"]))
+print(f"fusion weight of the SPP branch: {w:.2f}")'''),
+    md('''## 5. Test, in the layout of Table 1'''),
+    code('''from ku import metrics
+test = aspect_batches(parts["test"], 8, shorter_side=SHORTER)
+out, rows = apm.predict_batches(model_m, test)
+dist_true = apm.apm_targets(test.ids.iloc[rows], "dist")
+dist_pred = apm.fuse_distributions(out["distribution"], out["max_distribution"], w)
+row = metrics.evaluate(None, None, dist_true=dist_true, dist_pred=dist_pred).assign(model="ku APM-m (demo)")
+ref = metrics.paper_results(); ref = ref[ref.source.str.startswith("Murray")]
+cols = ["model", "KL", "CDLoss", "MSE", "SRCC", "accuracy"]
+pd.concat([row[cols], ref[cols]], ignore_index=True)'''),
+    code('''from ku import plots
+import matplotlib.pyplot as plt
+plots.scatter_predictions(apm.predicted_mean(dist_true), apm.predicted_mean(dist_pred), threshold=5, title="APM-m, demo test")
+plots.distributions(dist_true, dist_pred, max_items=4); plt.show()'''),
+    md('''## 6. Image modification (§4.3)
+Gradient descent on the pixels (model fixed, bounded steps) towards a distribution one bin better;
+the heat map shows where the pixels changed most.'''),
+    code('''from ku.image_modification import modify_image, plot_modification
+res = modify_image(model, imgs[0], target="better", n_steps=3 if FAST else 20)
+print(f"distance to target: {res.distances[0]:.4f} -> {res.distances[-1]:.4f}; mean {res.mean_before:.2f} -> {res.mean_after:.2f}")
+plot_modification(res); plt.show()'''),
+]
+
 
 def main(names=None):
     for name, cells in NOTEBOOKS.items():

@@ -26,6 +26,12 @@ flags.DEFINE_string("merge", None, "Glob (or comma-separated list) of shard file
                     "--out instead of extracting.")
 flags.DEFINE_boolean("include_original", False, "Also store the uncropped image as a 9th "
                      "augmentation.")
+flags.DEFINE_integer("max_pixels", 50_000_000, "Skip (and report) images with more pixels than "
+                     "this instead of running out of memory; 0 = no limit (the paper's full "
+                     "resolution). Refused by the file header, before decoding.", lower_bound=0)
+flags.DEFINE_integer("flush_every", 16, "Images per write to the store (features, then their "
+                     "'complete' flags). A killed run loses at most this many images' work.",
+                     lower_bound=1)
 
 
 def parse_shard(text):
@@ -41,41 +47,55 @@ def parse_shard(text):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from ku.data.store import merge_stores, shard_path
-
     if FLAGS.merge:
         if not FLAGS.out:
             raise app.UsageError("--merge needs --out")
         parts = sorted(p for pat in FLAGS.merge.split(",") for p in glob.glob(pat))
         if not parts:
             raise app.UsageError(f"--merge={FLAGS.merge!r}: no files match")
-        print(f"merging {len(parts)} shard(s) -> {merge_stores(parts, FLAGS.out)}")
+        train_mlsp.check_writable(FLAGS.out, "out")
+        from ku.data.store import merge_stores
+
+        try:
+            print(f"merging {len(parts)} shard(s) -> {merge_stores(parts, FLAGS.out)}")
+        except (ValueError, OSError) as e:
+            train_mlsp.fail(str(e))
         return
+    # cheap checks first: a bad flag must not cost a backbone build or a dataset scan
+    shard = parse_shard(FLAGS.shard) if FLAGS.shard else None
+    train_mlsp.check_data_flags()
+    train_mlsp.check_writable(FLAGS.out or "features/store.h5", "out")
+    ids, data_name = train_mlsp.load_ids()  # bad labels stop here, before TensorFlow is imported
     import keras
 
     from ku.data.augment import hosu_augmentations
+    from ku.data.store import shard_path
     from ku.extraction import extract_features
     from ku.models.mlsp import mlsp_extractor
     from ku.pipelines.mlsp import resolve_weights
 
     keras.utils.set_random_seed(FLAGS.seed)
-    ids, data_name = train_mlsp.load_ids()
     pooling = FLAGS.pooling or "wide"
     w = resolve_weights(FLAGS.backbone, FLAGS.weights)
     wname = "imagenet" if w == "imagenet" else ("random" if w is None else Path(str(w)).stem)
     out = Path(FLAGS.out or f"features/mlsp_{FLAGS.backbone}_{pooling}_{wname}_{data_name}.h5")
-    shard = parse_shard(FLAGS.shard) if FLAGS.shard else None
     if shard:
         out = shard_path(out, shard)
     out.parent.mkdir(parents=True, exist_ok=True)
     extractor = mlsp_extractor(FLAGS.backbone, weights=w, pooling=pooling)
-    report = extract_features(
-        ids, out, extractor, augmentations=hosu_augmentations(FLAGS.include_original),
-        shard=shard, attrs={"backbone": FLAGS.backbone, "weights": wname, "pooling": pooling},
-        resume=FLAGS.resume, progress=FLAGS.verbose > 0)
+    try:
+        report = extract_features(
+            ids, out, extractor, augmentations=hosu_augmentations(FLAGS.include_original),
+            shard=shard, attrs={"backbone": FLAGS.backbone, "weights": wname, "pooling": pooling},
+            resume=FLAGS.resume, progress=FLAGS.verbose > 0, max_pixels=FLAGS.max_pixels or None,
+            flush_every=FLAGS.flush_every)
+    except ValueError as e:  # e.g. an existing store made with other settings (names the file)
+        train_mlsp.fail(str(e))
     print(report.summary())
     for f in report.failed[:20]:
         print(f"  skipped {f['image_path']}: {f['error']}")
+    if len(report.failed) > 20:
+        print(f"  ... and {len(report.failed) - 20} more (the store's 'failed' flags list them all)")
 
 
 if __name__ == "__main__":

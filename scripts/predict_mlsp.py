@@ -8,6 +8,7 @@ Example:
   python scripts/predict_mlsp.py --head_path=runs/pool3fc_wide_demo/run_pool3fc_wide_mos/head.keras \
       --images=photos/ --out=scores.csv
 """
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,23 @@ flags.DEFINE_enum("backbone", "inception_resnet_v2", ["inception_resnet_v2", "in
                   "Backbone the head was trained on.")
 flags.DEFINE_string("weights", "imagenet", "Backbone weights: imagenet | auto | none | path.")
 flags.DEFINE_integer("seed", 0, "Seed (only matters for a random backbone).")
+flags.DEFINE_integer("max_pixels", 50_000_000, "Skip (and report) images with more pixels than "
+                     "this instead of running out of memory; 0 = no limit.", lower_bound=0)
+
+
+def check_writable(path, flag):
+    """UsageError naming ``--flag`` unless the file ``path`` can be created or written (checked
+    before the models are built, so that a run does not fail at its very end)."""
+    p = Path(path).expanduser().absolute()
+    if p.is_dir():
+        raise app.UsageError(f"--{flag}={path}: is a folder, expected a file name")
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise app.UsageError(f"--{flag}={path}: cannot be created: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise app.UsageError(f"--{flag}={path}: cannot be written (permission denied)")
 
 
 def main(argv):
@@ -32,44 +50,62 @@ def main(argv):
     for name in ("head_path", "images"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
+    # cheap checks first (before TensorFlow is imported and the backbone built)
+    head_path = Path(FLAGS.head_path)
+    if not head_path.is_file():
+        raise app.UsageError(f"--head_path={head_path}: no such file")
+    src = Path(FLAGS.images)
+    if not src.exists():
+        raise app.UsageError(f"--images={src}: no such file or folder")
+    check_writable(FLAGS.out, "out")
+    import pandas as pd
+
+    if src.is_file() and src.suffix.lower() == ".csv":
+        try:
+            table = pd.read_csv(src)
+        except (ValueError, UnicodeError, OSError) as e:
+            raise SystemExit(f"error: --images={src}: cannot read the CSV: {e}")
+        if "image_path" not in table.columns:
+            raise SystemExit(f"error: --images={src}: no 'image_path' column (columns: {list(table.columns)})")
     import keras
     import numpy as np
-    import pandas as pd
 
     import ku.layers  # noqa: F401  (registers ku layers for load_model)
     import ku.models.heads as heads
+    from ku.backbones import BACKBONES
     from ku.data.images import ImageReadError, list_images, read_image
     from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
     from ku.pipelines.mlsp import resolve_weights
 
     keras.utils.set_random_seed(FLAGS.seed)
-    head_path = Path(FLAGS.head_path)
-    if not head_path.is_file():
-        raise app.UsageError(f"--head_path={head_path}: no such file")
-    src = Path(FLAGS.images)
     if src.is_dir():
         paths = list_images(src)
     elif src.suffix.lower() == ".csv":
-        paths = [Path(p) for p in pd.read_csv(src)["image_path"]]
-    elif src.is_file():
+        paths = [Path(str(p)) for p in table["image_path"]]
+    else:
         paths = [src]
-    else:
-        raise app.UsageError(f"--images={src}: no such file or folder")
-    if FLAGS.released:
-        head = heads.pool_3fc() if FLAGS.released == "pool3fc" else heads.single_3fc()
-        heads.load_released_weights(head, head_path)
-    else:
-        head = keras.models.load_model(head_path)
+    try:
+        if FLAGS.released:
+            head = heads.pool_3fc() if FLAGS.released == "pool3fc" else heads.single_3fc()
+            heads.load_released_weights(head, head_path)
+        else:
+            head = keras.models.load_model(head_path)
+    except Exception as e:  # not a Keras file, truncated, wrong released layout, ...
+        raise SystemExit(f"error: --head_path={head_path}: cannot load the head: {type(e).__name__}: {e}")
     pooling = "wide" if len(head.input_shape) == 4 else "narrow"
     extractor = mlsp_extractor(FLAGS.backbone, weights=resolve_weights(FLAGS.backbone, FLAGS.weights),
                                pooling=pooling)
-    model = mlsp_end_to_end(extractor, head)
+    try:
+        model = mlsp_end_to_end(extractor, head)
+    except ValueError as e:  # the head was trained on other features (names both shapes)
+        raise SystemExit(f"error: --head_path={head_path}: {e} (check --backbone)")
+    min_side = BACKBONES[FLAGS.backbone].min_size
     rows, bad = [], []
     bar = keras.utils.Progbar(len(paths), unit_name="image")
     for i, p in enumerate(paths):
         try:
-            x = read_image(p)[None].astype("float32")
-        except (ImageReadError, FileNotFoundError) as e:
+            x = read_image(p, max_pixels=FLAGS.max_pixels or None, min_side=min_side)[None].astype("float32")
+        except (ImageReadError, OSError) as e:
             bad.append((str(p), str(e)))
         else:
             y = np.asarray(model(x, training=False))

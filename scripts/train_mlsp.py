@@ -8,6 +8,7 @@ Examples:
   python scripts/train_mlsp.py --head=single3fc --pooling=narrow
   python scripts/train_mlsp.py --head=pool3fc --ava_root=/data/AVA --weights=imagenet
 """
+import os
 import sys
 from pathlib import Path
 
@@ -46,23 +47,75 @@ flags.DEFINE_string("work_dir", None, "Where the feature store, run and plots go
 flags.DEFINE_boolean("resume", True, "Continue an existing store/run in --work_dir.")
 flags.DEFINE_integer("seed", 0, "Seed of the split and the augmentation draws.")
 flags.DEFINE_integer("verbose", 1, "0 = quiet, 1 = progress bars.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (ku.distribute): default = one device; mirrored = all "
+                  "local GPUs; multi_worker = the workers in the TF_CONFIG environment variable "
+                  "(run the same command on every worker; extract the features first). "
+                  "--batch_size is the global batch size.")
+
+
+def fail(message):
+    """Stop with ``error: message`` on stderr and exit status 1 (no traceback, no flag help)."""
+    raise SystemExit(f"error: {message}")
+
+
+def check_writable(path, flag, folder=False):
+    """UsageError naming ``--flag`` unless ``path`` (a file, or a folder with ``folder=True``) can
+    be created or written. Run before any expensive work, so a run does not die at its end."""
+    p = Path(path).expanduser().absolute()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise app.UsageError(f"--{flag}={path}: exists and is not a folder")
+        if not folder and p.is_dir():
+            raise app.UsageError(f"--{flag}={path}: is a folder, expected a file name")
+        target = p if folder else p.parent
+        if not os.access(target, os.W_OK):
+            raise app.UsageError(f"--{flag}={path}: cannot write to {target} (permission denied)")
+        return
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise app.UsageError(f"--{flag}={path}: cannot be created: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise app.UsageError(f"--{flag}={path}: cannot be created in {anc} (permission denied)")
+
+
+def check_data_flags():
+    """Cheap checks of the data flags (before any import of TensorFlow)."""
+    if FLAGS.ava_root and FLAGS.labels_csv:
+        raise app.UsageError("give --ava_root or --labels_csv, not both")
+    if FLAGS.ava_root and not Path(FLAGS.ava_root).is_dir():
+        raise app.UsageError(f"--ava_root={FLAGS.ava_root}: no such folder")
+    if FLAGS.labels_csv and not Path(FLAGS.labels_csv).is_file():
+        raise app.UsageError(f"--labels_csv={FLAGS.labels_csv}: no such file")
+    if FLAGS.images_dir and not Path(FLAGS.images_dir).is_dir():
+        raise app.UsageError(f"--images_dir={FLAGS.images_dir}: no such folder")
 
 
 def load_ids():
-    """The ids table selected by the data flags, and a short name of the data."""
+    """The ids table selected by the data flags, and a short name of the data. Bad label files
+    stop the script with the reader's message (file and line), without a traceback."""
+    check_data_flags()
+    try:
+        ids, name = _load_ids()
+    except (ValueError, FileNotFoundError, UnicodeError) as e:
+        fail(str(e))
+    if len(ids) == 0:
+        missing = ids.attrs.get("missing", [])
+        fail(f"no usable images in the {name} labels ({len(missing)} listed images are missing on disk"
+             + (f", e.g. id {missing[0]!r}" if missing else "") + ")")
+    return ids, name
+
+
+def _load_ids():
     from ku.data import readers
 
-    if FLAGS.ava_root and FLAGS.labels_csv:
-        raise app.UsageError("give --ava_root or --labels_csv, not both")
     if FLAGS.ava_root:
         root = Path(FLAGS.ava_root)
-        if not root.is_dir():
-            raise app.UsageError(f"--ava_root={root}: no such folder")
         return readers.read_ava(root, seed=FLAGS.seed, val_fraction=FLAGS.val_fraction or 0.05), "ava"
     if FLAGS.labels_csv:
         path = Path(FLAGS.labels_csv)
-        if not path.is_file():
-            raise app.UsageError(f"--labels_csv={path}: no such file")
         return readers.read_label_csv(path, images_dir=FLAGS.images_dir or path.parent), path.stem
     from ku.data.demo import load_demo
 
@@ -71,6 +124,9 @@ def load_ids():
 
 
 def run(head=None, pooling=None):
+    check_data_flags()  # cheap checks before TensorFlow is imported
+    if FLAGS.work_dir:
+        check_writable(FLAGS.work_dir, "work_dir", folder=True)
     from ku import plots
     from ku.evaluation import format_table
     from ku.pipelines.mlsp import run_mlsp
@@ -78,6 +134,11 @@ def run(head=None, pooling=None):
 
     import keras
 
+    from ku import distribute
+
+    # first: a multi-worker strategy connects to the other workers before any TensorFlow work
+    strategy = distribute.get_strategy(FLAGS.strategy)
+    chief = distribute.is_chief(strategy)
     # The script owns the process: seed every generator once, so a random backbone (no ImageNet
     # weights) and the head's initialisation are the same on every run -- a re-run then resumes
     # the feature store instead of finding features of a different random network.
@@ -100,9 +161,12 @@ def run(head=None, pooling=None):
                    batch_size=FLAGS.batch_size or (16 if demo else 128),
                    max_epochs=FLAGS.max_epochs or (16 if demo else 60), schedule=schedule,
                    seed=FLAGS.seed, target=FLAGS.target, resume=FLAGS.resume,
-                   verbose=FLAGS.verbose)
+                   verbose=FLAGS.verbose,
+                   **({} if FLAGS.strategy == "default" else {"strategy": strategy}))
     print()
     print(format_table(res.table))
+    if not chief:  # the chief writes the plots
+        return res
     scatter = work_dir / "scatter_test.png"
     plots.scatter_predictions(res.y_true, res.y_pred, threshold=5.0, path=scatter,
                               title=f"{head} on {data_name} (test set)")

@@ -17,6 +17,14 @@ an image is calculated by averaging the predictions over all stored augmentation
 Memory stays flat: only the rows of the current batch are read (sorted HDF5 selections); the file
 is opened lazily in each process and never pickled.
 
+Sharded stores and workers (issue 7): every ``store_path`` may also be a list or a glob of shard
+files (``features.shard-*.h5``, written by extraction with ``--shard k/n``); they are read as one
+store (:class:`ku.data.shards.ShardedStore`), giving exactly the batches of the merged store.
+In data-parallel training the batch size is *global*: ``FeatureSequence(part=(i, n))`` and
+``feature_dataset(input_context=...)`` give each worker / replica its slice of every global batch
+(``numpy.array_split`` of the batch's items, in order), so the union of the slices is the batch a
+single process would train on (:mod:`ku.distribute`).
+
 Epoch numbering under ``model.fit``: Keras reads a few batches to build its input signature and
 then calls ``on_epoch_end`` once before training, so Keras epoch ``k`` of a fresh sequence uses
 the draws of epoch ``epoch + k + 1``. This is deterministic, and resuming is exact: a sequence
@@ -35,7 +43,7 @@ import logging
 import keras
 import numpy as np
 
-from ku.data.store import FeatureStore
+from ku.data.shards import open_store, resolve_store_paths
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +98,24 @@ def _resolve_ids_targets(ids, targets, id_column="image_id"):
     return ids, targets
 
 
+def _check_part(part):
+    if part is None:
+        return None
+    try:
+        i, n = (int(v) for v in part)
+    except (TypeError, ValueError):
+        raise ValueError(f"part must be (index, count), got {part!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"part must be (index, count) with 0 <= index < count, got {part!r}")
+    return i, n
+
+
 class FeatureSequence(keras.utils.PyDataset):
     """Keras ``PyDataset`` over a :class:`~ku.data.store.FeatureStore` (Hosu et al. 2019 §3.1).
 
     Args:
-        store_path: the feature store (``.h5``).
+        store_path: the feature store (``.h5``), or a list or glob of its shards (read as one
+            store, :class:`ku.data.shards.ShardedStore`).
         ids: image ids (list) or an ids table (DataFrame; its ``image_id`` column).
         targets: (N,) or (N, K) array aligned with ``ids``; with an ids table also a column name
             or list of names (e.g. ``"mos"``); None -> batches hold only features.
@@ -106,6 +127,10 @@ class FeatureSequence(keras.utils.PyDataset):
         seed: seed of the local RNG; epoch ``e`` uses ``np.random.default_rng([seed, e])``.
         epoch: epoch to start at (for resuming a training run reproducibly).
         drop_remainder: drop the last partial batch.
+        part: ``(i, n)``: batch ``b`` holds only slice ``i`` of ``n`` of global batch ``b``
+            (``numpy.array_split`` of its items): worker ``i`` of ``n`` in data-parallel
+            training, with ``batch_size`` the global batch size. A last global batch with fewer
+            than ``n`` items is dropped (every part must have a batch). Default: the whole batch.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` (``PyDataset``).
     Batches: ``(x, y)`` with x float32 (B, *feature_shape), y float32 (B,) or (B, K); or ``x``.
     Requesting ids that are missing from the store or whose rows are incomplete raises a
@@ -113,9 +138,10 @@ class FeatureSequence(keras.utils.PyDataset):
     """
 
     def __init__(self, store_path, ids, targets=None, batch_size: int = 128, augmentation="random",
-                 shuffle=None, seed: int = 0, epoch: int = 0, drop_remainder: bool = False, **kwargs):
+                 shuffle=None, seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
+                 part=None, **kwargs):
         super().__init__(**kwargs)
-        self.store_path = str(store_path)
+        self.store_path = resolve_store_paths(store_path)  # one path, or the list of shard files
         self.ids, self.targets = _resolve_ids_targets(ids, targets)
         if not self.ids:
             raise ValueError("FeatureSequence: no ids")
@@ -126,8 +152,9 @@ class FeatureSequence(keras.utils.PyDataset):
         self.shuffle = (augmentation == "random") if shuffle is None else bool(shuffle)
         self.seed = int(seed)
         self.drop_remainder = bool(drop_remainder)
+        self.part = _check_part(part)
         self._store = None
-        with FeatureStore(self.store_path) as store:
+        with open_store(self.store_path) as store:
             self.rows = store.index_of(self.ids)
             store.check_complete(self.rows)
             self.n_augmentations = store.n_augmentations
@@ -169,24 +196,42 @@ class FeatureSequence(keras.utils.PyDataset):
     @property
     def num_batches(self):
         n = len(self.ids)
-        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+        if self.drop_remainder:
+            return n // self.batch_size
+        full, last = divmod(n, self.batch_size)
+        n_parts = 1 if self.part is None else self.part[1]
+        return full + (1 if last >= n_parts else 0)  # a last batch too small to split is dropped
 
     def __len__(self):
         return self.num_batches
 
-    def _get_store(self) -> FeatureStore:
+    def _get_store(self):
         if self._store is None:
-            self._store = FeatureStore(self.store_path)
+            self._store = open_store(self.store_path)
         return self._store
 
-    def batch_positions(self, index: int) -> np.ndarray:
-        """Positions (into ``ids``) of the items of batch ``index`` in the current epoch."""
+    def global_batch_positions(self, index: int) -> np.ndarray:
+        """Positions (into ``ids``) of all items of global batch ``index`` in the current epoch
+        (ignores ``part``)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)})")
         return self._order[index * self.batch_size : (index + 1) * self.batch_size]
 
+    def batch_positions(self, index: int) -> np.ndarray:
+        """Positions (into ``ids``) of the items of batch ``index`` in the current epoch (this
+        ``part`` of the global batch)."""
+        pos = self.global_batch_positions(index)
+        if self.part is not None:
+            pos = np.array_split(pos, self.part[1])[self.part[0]]
+        return pos
+
     def __getitem__(self, index):
-        pos = self.batch_positions(int(index))
+        return self.read_positions(self.batch_positions(int(index)))
+
+    def read_positions(self, pos):
+        """``(x, y)`` (or ``x``) of the items at positions ``pos`` (into ``ids``), with this
+        epoch's augmentation draws -- any subset of items, e.g. one replica's slice of a batch."""
+        pos = np.asarray(pos, dtype=np.int64)
         rows = self.rows[pos]
         store = self._get_store()
         if self._augs is None:  # "all"
@@ -216,7 +261,7 @@ def iter_all_augmentations(store_path, ids, batch_size: int = 128):
     predictions to (B, A, ...) and average over axis 1.
     """
     ids, _ = _resolve_ids_targets(ids, None)
-    with FeatureStore(store_path) as store:
+    with open_store(store_path) as store:
         rows = store.index_of(ids)
         store.check_complete(rows)
         for i in range(0, len(rows), int(batch_size)):
@@ -225,25 +270,50 @@ def iter_all_augmentations(store_path, ids, batch_size: int = 128):
 
 def feature_dataset(store_path, ids, targets=None, batch_size: int = 128, augmentation="random",
                     shuffle=None, seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
-                    prefetch: int | None = 2):
+                    prefetch: int | None = 2, input_context=None):
     """The same batches as :class:`FeatureSequence`, as a ``tf.data.Dataset``.
 
     Every iteration over the dataset (e.g. every epoch of ``model.fit``, or each pass of
     ``.repeat()``) is the next epoch: the first is ``epoch``, then ``epoch + 1``, ... with exactly
     the batches :class:`FeatureSequence` gives for that ``(seed, epoch)``.
     Element spec: ``x`` float32 (None, *feature_shape) [, ``y`` float32 (None[, K])].
+
+    ``input_context`` (a ``tf.distribute.InputContext``, as passed by
+    ``strategy.distribute_datasets_from_function``; see :func:`ku.distribute.distribute_features`):
+    ``batch_size`` is the global batch size; every global batch is split into
+    ``num_replicas_in_sync`` slices (``numpy.array_split``, in order) and this input pipeline
+    yields the slices of its replicas (``num_replicas_in_sync / num_input_pipelines`` consecutive
+    elements per step), so every worker reads only its part and all replicas together train on
+    exactly the single-process batch. A last global batch with fewer items than replicas is
+    dropped on every pipeline (all workers must run the same number of steps).
     """
     import tensorflow as tf
 
     seq = FeatureSequence(store_path, ids, targets, batch_size=batch_size, augmentation=augmentation,
                           shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop_remainder)
     state = {"epoch": int(epoch)}
+    if input_context is None:
+        slices = None
+    else:
+        n_rep = int(input_context.num_replicas_in_sync)
+        n_pipe = int(input_context.num_input_pipelines)
+        if n_rep % n_pipe:
+            raise ValueError(f"feature_dataset: {n_rep} replicas do not divide into {n_pipe} input pipelines")
+        per = n_rep // n_pipe
+        p = int(input_context.input_pipeline_id)
+        slices = (n_rep, list(range(p * per, (p + 1) * per)))
+        seq.part = (0, n_rep)  # for the batch count: drops a last batch smaller than n_rep
 
     def gen():
         seq.set_epoch(state["epoch"])
         state["epoch"] += 1
         for i in range(len(seq)):
-            yield seq[i]
+            if slices is None:
+                yield seq[i]
+            else:
+                parts = np.array_split(seq.global_batch_positions(i), slices[0])
+                for j in slices[1]:
+                    yield seq.read_positions(parts[j])
 
     x_spec = tf.TensorSpec((None,) + tuple(seq.feature_shape), tf.float32)
     if seq.targets is None:
@@ -251,6 +321,10 @@ def feature_dataset(store_path, ids, targets=None, batch_size: int = 128, augmen
     else:
         signature = (x_spec, tf.TensorSpec((None,) + seq.targets.shape[1:], tf.float32))
     ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
+    if input_context is not None:  # sharded here, explicitly: tf.distribute must not shard again
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(opts)
     if prefetch:
         ds = ds.prefetch(prefetch)
     return ds

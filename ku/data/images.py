@@ -33,9 +33,29 @@ Checks (each raises :class:`ImageReadError` with ``path`` and ``reason`` attribu
 * ``max_pixels``: an image with more than ``max_pixels`` pixels (H * W, after orientation) is
   refused before decoding where the header can be parsed (JPEG, PNG, BMP), else after decoding.
   With ``on_large="downscale"`` it is instead shrunk with ``cv2.INTER_AREA`` to at most
-  ``max_pixels`` pixels (aspect kept).
+  ``max_pixels`` pixels (aspect kept). This is the guard against out-of-memory: a 12000 x 9000
+  photo is refused by its header, before any pixel is decoded.
+* ``min_side``: an image whose shorter side is below ``min_side`` pixels (after orientation) is
+  refused. Policy (docs/bad_input.md): small images are **refused, never upscaled**. The
+  Inception backbones need >= 75 px per side; Hosu et al. §3.1 extract features at the
+  original resolution, so an upscaled 10 x 10 thumbnail (or a 1 x 1 tracking pixel saved as a
+  photo) would give features of an interpolated blur that describe nothing of the photograph,
+  silently mixed with real ones. Such files are broken downloads, not photos; a clear refusal
+  (skip-and-report in batch work) is better than a plausible-looking wrong score.
 
-A missing file raises :class:`FileNotFoundError` (not an ``ImageReadError``).
+Other formats and cases:
+
+* **Palette** PNGs are expanded to RGB; a palette transparency (``tRNS``) is ignored (OpenCV's
+  decoder does not expose it), unlike an alpha channel.
+* **CMYK** (and Adobe-inverted CMYK) JPEGs are converted to RGB by libjpeg / OpenCV.
+* **GIF** (also animated): the first frame. ``.gif`` is not in :data:`IMAGE_EXTENSIONS`, so
+  :func:`list_images` does not pick GIFs up; pass them explicitly.
+* The extension is never trusted: the format is sniffed from the content (a PNG saved as
+  ``.jpg`` reads fine; HTML saved as ``.jpg`` is "not an image").
+* Unreadable files (permissions) and directories raise :class:`ImageReadError`.
+
+A missing file (also a symbolic link whose target is missing) raises
+:class:`FileNotFoundError` (not an ``ImageReadError``), naming the file (and the link target).
 """
 from __future__ import annotations
 
@@ -316,13 +336,20 @@ def _limit_message(h: int, w: int, max_pixels: int) -> str:
             "(raise max_pixels, or pass on_large='downscale')")
 
 
+def _small_message(h: int, w: int, min_side: int) -> str:
+    return (f"image is {h}x{w} px, smaller than min_side={min_side} px (the backbone's minimum "
+            "input side; small images are refused, not upscaled)")
+
+
 def decode_image(data: bytes | np.ndarray, path: PathLike = "<bytes>", max_pixels: int | None = None,
-                 on_large: str = "raise") -> np.ndarray:
+                 on_large: str = "raise", min_side: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to uint8 RGB ``(H, W, 3)``; see :func:`read_image`."""
     if on_large not in ("raise", "downscale"):
         raise ValueError(f"on_large must be 'raise' or 'downscale', got {on_large!r}")
     if max_pixels is not None and int(max_pixels) < 1:
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    if min_side is not None and int(min_side) < 1:
+        raise ValueError(f"min_side must be a positive int or None, got {min_side!r}")
     if isinstance(data, np.ndarray):
         buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         raw = buf.tobytes()
@@ -356,6 +383,8 @@ def decode_image(data: bytes | np.ndarray, path: PathLike = "<bytes>", max_pixel
     except ValueError as e:
         raise ImageReadError(path, str(e)) from None
     h, w = rgb.shape[:2]
+    if min_side is not None and min(h, w) < int(min_side):
+        raise ImageReadError(path, _small_message(h, w, int(min_side)))
     if max_pixels is not None and h * w > max_pixels:
         if on_large == "raise":
             raise ImageReadError(path, _limit_message(h, w, int(max_pixels)))
@@ -365,7 +394,8 @@ def decode_image(data: bytes | np.ndarray, path: PathLike = "<bytes>", max_pixel
     return rgb
 
 
-def read_image(path: PathLike, max_pixels: int | None = None, on_large: str = "raise") -> np.ndarray:
+def read_image(path: PathLike, max_pixels: int | None = None, on_large: str = "raise",
+               min_side: int | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB ``(H, W, 3)`` (0..255), EXIF orientation applied.
 
     Args:
@@ -373,22 +403,30 @@ def read_image(path: PathLike, max_pixels: int | None = None, on_large: str = "r
         max_pixels: refuse images with more than this many pixels (H * W); None = no limit.
         on_large: ``"raise"`` (default: :class:`ImageReadError`) or ``"downscale"`` (resize with
             ``cv2.INTER_AREA`` to at most ``max_pixels`` pixels, aspect ratio kept).
+        min_side: refuse images whose shorter side is below this (e.g. 75 for the Inception
+            backbones); None = no minimum. Small images are never upscaled (module docstring).
     Returns:
         ``np.ndarray`` uint8, shape ``(H, W, 3)``, RGB order, C-contiguous.
     Raises:
-        FileNotFoundError: no such file.
-        ImageReadError: empty, truncated, not an image, undecodable, or over ``max_pixels``.
+        FileNotFoundError: no such file (or a broken symbolic link; the target is named).
+        ImageReadError: empty, truncated, not an image, undecodable, a directory, unreadable
+            (permissions), over ``max_pixels`` or under ``min_side``.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
+        if os.path.islink(p):
+            raise FileNotFoundError(
+                f"image file not found: {p!r} is a broken symbolic link (target {os.readlink(p)!r} "
+                "does not exist)")
         raise FileNotFoundError(f"image file not found: {p!r}")
     if os.path.isdir(p):
-        raise ImageReadError(p, "is a directory")
+        raise ImageReadError(p, "is a directory, not an image file")
     try:
         buf = np.fromfile(p, dtype=np.uint8)
     except OSError as e:
-        raise ImageReadError(p, f"cannot read file: {e}") from None
-    return np.ascontiguousarray(decode_image(buf, p, max_pixels=max_pixels, on_large=on_large))
+        raise ImageReadError(p, f"cannot read file: {type(e).__name__}: {e.strerror or e}") from None
+    return np.ascontiguousarray(decode_image(buf, p, max_pixels=max_pixels, on_large=on_large,
+                                             min_side=min_side))
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +460,7 @@ def list_images(folder: PathLike, recursive: bool = True, extensions: Iterable[s
 
 
 def check_images(folder: PathLike, recursive: bool = True, max_pixels: int | None = None,
-                 progress: bool = False) -> pd.DataFrame:
+                 progress: bool = False, min_side: int | None = None) -> pd.DataFrame:
     """Fully decode every image under ``folder`` and list the ones that fail.
 
     Returns:
@@ -438,7 +476,7 @@ def check_images(folder: PathLike, recursive: bool = True, max_pixels: int | Non
     rows = []
     for i, p in enumerate(paths):
         try:
-            read_image(p, max_pixels=max_pixels)
+            read_image(p, max_pixels=max_pixels, min_side=min_side)
         except ImageReadError as e:
             rows.append((str(p), e.reason))
         except Exception as e:  # noqa: BLE001 (batch work: skip and report)

@@ -11,7 +11,12 @@ histogram ``c_1..c_K``: ``n_votes = sum c_k``, ``dist_k = c_k / n_votes``,
 ``mos = sum_k k * dist_k`` and ``std = sqrt(sum_k dist_k (k - mos)^2)`` (population standard
 deviation of the votes, as customary for AVA).
 
-Bad input raises ``ValueError`` naming the file, the 1-based line number and what is wrong.
+Bad input raises ``ValueError`` naming the file, the 1-based line number and what is wrong:
+malformed lines (field count, non-numeric or NaN values, negative counts), duplicate ids, an
+empty file, text that is not UTF-8 (``encoding=`` of :func:`read_label_csv` reads other
+encodings), a CSV line with more or fewer fields than its header, a missing required column.
+Challenge ids missing from a given theme vocabulary map to ``theme_index`` 0 (unknown) with a
+warning (``df.attrs["unknown_themes"]``). The full list is in docs/bad_input.md.
 Images listed but missing on disk never stop a reader: the rows are dropped, a warning gives the
 count and the first few names, and ``df.attrs["missing"]`` lists the dropped ids (rows without
 votes likewise: ``df.attrs["no_votes"]``).
@@ -183,6 +188,41 @@ def _check_unique(ids: Sequence[str], lines: Sequence[int], path: PathLike) -> N
 # --------------------------------------------------------------------------------------------
 # AVA
 # --------------------------------------------------------------------------------------------
+def _text_lines(path, encoding: str = "utf-8"):
+    """``(lineno, text)`` of a text file, decoded strictly: a line that is not valid
+    ``encoding`` raises ValueError naming the file and the line (a UTF-8 byte-order mark is
+    dropped; UTF-16 files are recognised by their NUL bytes and named as such)."""
+    raw = Path(path).read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(raw) >= 4 and raw[1:4:2] == b"\x00\x00"):
+        raise ValueError(f"{path}: looks UTF-16 encoded (byte-order mark / NUL bytes); save it as "
+                         "UTF-8 or ASCII text")
+    if raw[:3] == b"\xef\xbb\xbf":
+        raw = raw[3:]
+    out = []
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        try:
+            out.append((lineno, line.decode(encoding)))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: line {lineno}: not valid {encoding} text (byte "
+                             f"{line[e.start:e.start + 1]!r} at column {e.start + 1}); re-encode "
+                             f"the file as {encoding} (or tell the reader its encoding)") from None
+    return out
+
+
+def _no_data(path) -> ValueError:
+    return ValueError(f"{path}: no data lines (the file is empty or holds only comments)")
+
+
+def _warn_unknown_themes(theme, theme_index, source) -> list:
+    """Challenge ids (non-zero) that the vocabulary does not know; logged once."""
+    theme = np.asarray(theme, dtype=np.int64)
+    unknown = sorted({int(t) for t, i in zip(theme, np.asarray(theme_index)) if t != 0 and i == 0})
+    if unknown:
+        log.warning("%s: %d challenge id(s) not in the theme vocabulary -> theme_index 0 (unknown): %s",
+                    source, len(unknown), _short_list(unknown))
+    return unknown
+
+
 def _parse_int(tok: str, path, lineno: int, what: str) -> int:
     try:
         return int(tok)
@@ -192,27 +232,28 @@ def _parse_int(tok: str, path, lineno: int, what: str) -> int:
 
 def _read_ava_txt(path: Path):
     ids, counts, tags1, tags2, chal, lines = [], [], [], [], [], []
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            tok = s.split()
-            if len(tok) != _AVA_FIELDS:
-                raise ValueError(
-                    f"{path}: line {lineno}: expected {_AVA_FIELDS} whitespace-separated fields "
-                    f"(index, image id, 10 vote counts, tag 1, tag 2, challenge id), got {len(tok)}: {s[:80]!r}")
-            _parse_int(tok[0], path, lineno, "field 1 (index)")
-            c = [_parse_int(t, path, lineno, f"field {j + 3} (votes for score {j + 1})")
-                 for j, t in enumerate(tok[2:12])]
-            if min(c) < 0:
-                raise ValueError(f"{path}: line {lineno}: negative vote count in {tok[2:12]}")
-            ids.append(tok[1])
-            counts.append(c)
-            tags1.append(_parse_int(tok[12], path, lineno, "field 13 (semantic tag 1)"))
-            tags2.append(_parse_int(tok[13], path, lineno, "field 14 (semantic tag 2)"))
-            chal.append(_parse_int(tok[14], path, lineno, "field 15 (challenge id)"))
-            lines.append(lineno)
+    for lineno, line in _text_lines(path):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        tok = s.split()
+        if len(tok) != _AVA_FIELDS:
+            raise ValueError(
+                f"{path}: line {lineno}: expected {_AVA_FIELDS} whitespace-separated fields "
+                f"(index, image id, 10 vote counts, tag 1, tag 2, challenge id), got {len(tok)}: {s[:80]!r}")
+        _parse_int(tok[0], path, lineno, "field 1 (index)")
+        c = [_parse_int(t, path, lineno, f"field {j + 3} (votes for score {j + 1})")
+             for j, t in enumerate(tok[2:12])]
+        if min(c) < 0:
+            raise ValueError(f"{path}: line {lineno}: negative vote count in {tok[2:12]}")
+        ids.append(tok[1])
+        counts.append(c)
+        tags1.append(_parse_int(tok[12], path, lineno, "field 13 (semantic tag 1)"))
+        tags2.append(_parse_int(tok[13], path, lineno, "field 14 (semantic tag 2)"))
+        chal.append(_parse_int(tok[14], path, lineno, "field 15 (challenge id)"))
+        lines.append(lineno)
+    if not ids:
+        raise _no_data(path)
     _check_unique(ids, lines, path)
     return ids, np.asarray(counts, dtype=np.int64).reshape(-1, 10), tags1, tags2, chal
 
@@ -323,7 +364,8 @@ def read_ava(root: PathLike, images_dir: PathLike = "images", ava_file: PathLike
         challenges = read_challenges(cpath)
     out.attrs.update(missing=list(missing), no_votes=list(no_votes),
                      theme_vocabulary={int(k): int(v) for k, v in vocabulary.items()},
-                     challenges=challenges, test_ids_not_found=int(n_not_found), source=str(ava_path))
+                     challenges=challenges, test_ids_not_found=int(n_not_found), source=str(ava_path),
+                     unknown_themes=_warn_unknown_themes(out["theme"], out["theme_index"], ava_path))
     return out
 
 
@@ -483,45 +525,48 @@ def read_photonet(path: PathLike, images_dir: PathLike | None = None, image_ext:
     img_dir = Path(images_dir).expanduser().resolve() if images_dir is not None else path.parent / "images"
     ids, counts, mos, std, nv, lines = [], [], [], [], [], []
     first = True
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            tok = [t.strip() for t in s.split(",")] if "," in s else s.split()
-            if first:
-                first = False
-                if len(tok) >= 2 and not _is_number(tok[1]):
-                    continue  # header
-            vals = []
-            for j, t in enumerate(tok[1:]):
-                try:
-                    vals.append(float(t))
-                except ValueError:
-                    raise ValueError(f"{path}: line {lineno}: field {j + 2} is not a number: {t!r}") from None
-            if not tok[0]:
-                raise ValueError(f"{path}: line {lineno}: empty image id")
-            if len(vals) == 7:
-                if any(v < 0 or v != int(v) for v in vals):
-                    raise ValueError(f"{path}: line {lineno}: vote counts must be integers >= 0: {tok[1:]}")
-                counts.append(vals)
-                mos.append(np.nan), std.append(np.nan), nv.append(np.nan)
-            elif len(vals) in (2, 3):
-                m, sd = vals[0], vals[1]
-                if not 1.0 <= m <= 7.0:
-                    raise ValueError(f"{path}: line {lineno}: mean score {m} outside the 1..7 scale")
-                if sd < 0:
-                    raise ValueError(f"{path}: line {lineno}: negative standard deviation {sd}")
-                if len(vals) == 3 and vals[2] < 0:
-                    raise ValueError(f"{path}: line {lineno}: negative vote count {vals[2]}")
-                counts.append([np.nan] * 7)
-                mos.append(m), std.append(sd), nv.append(vals[2] if len(vals) == 3 else np.nan)
-            else:
-                raise ValueError(
-                    f"{path}: line {lineno}: expected an image id followed by 7 vote counts, or by "
-                    f"mean and std (and optionally the number of votes); got {len(tok)} fields: {s[:80]!r}")
-            ids.append(tok[0])
-            lines.append(lineno)
+    for lineno, line in _text_lines(path):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        tok = [t.strip() for t in s.split(",")] if "," in s else s.split()
+        if first:
+            first = False
+            if len(tok) >= 2 and not _is_number(tok[1]):
+                continue  # header
+        vals = []
+        for j, t in enumerate(tok[1:]):
+            try:
+                vals.append(float(t))
+            except ValueError:
+                raise ValueError(f"{path}: line {lineno}: field {j + 2} is not a number: {t!r}") from None
+            if not np.isfinite(vals[-1]):
+                raise ValueError(f"{path}: line {lineno}: field {j + 2} is not a finite number: {t!r}")
+        if not tok[0]:
+            raise ValueError(f"{path}: line {lineno}: empty image id")
+        if len(vals) == 7:
+            if any(v < 0 or v != int(v) for v in vals):
+                raise ValueError(f"{path}: line {lineno}: vote counts must be integers >= 0: {tok[1:]}")
+            counts.append(vals)
+            mos.append(np.nan), std.append(np.nan), nv.append(np.nan)
+        elif len(vals) in (2, 3):
+            m, sd = vals[0], vals[1]
+            if not 1.0 <= m <= 7.0:
+                raise ValueError(f"{path}: line {lineno}: mean score {m} outside the 1..7 scale")
+            if sd < 0:
+                raise ValueError(f"{path}: line {lineno}: negative standard deviation {sd}")
+            if len(vals) == 3 and vals[2] < 0:
+                raise ValueError(f"{path}: line {lineno}: negative vote count {vals[2]}")
+            counts.append([np.nan] * 7)
+            mos.append(m), std.append(sd), nv.append(vals[2] if len(vals) == 3 else np.nan)
+        else:
+            raise ValueError(
+                f"{path}: line {lineno}: expected an image id followed by 7 vote counts, or by "
+                f"mean and std (and optionally the number of votes); got {len(tok)} fields: {s[:80]!r}")
+        ids.append(tok[0])
+        lines.append(lineno)
+    if not ids:
+        raise _no_data(path)
     _check_unique(ids, lines, path)
     counts = np.asarray(counts, dtype=np.float64).reshape(-1, 7)
     has_counts = ~np.isnan(counts).any(axis=1)
@@ -553,7 +598,7 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
                    n_votes_column: str = "n_votes", dist_prefix: str = "dist_",
                    theme_column: str | None = None, set_column: str = "set", image_ext: str = ".jpg",
                    vocabulary: Mapping | None = None, check_files: bool = True,
-                   sep: str = ",") -> pd.DataFrame:
+                   sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
     """Read a plain CSV of labels as an ids table.
 
     Required: ``id_column``; ``mos_column`` unless distribution columns ``<dist_prefix>1..K``
@@ -566,16 +611,64 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
     the CSV's folder), else ``<images_dir>/<id><image_ext>`` (``images_dir`` default: the CSV's
     folder; no extension is added to ids that already end with an image extension).
 
+    Rows whose distribution columns are all zero have no votes: they are dropped and reported
+    (``df.attrs["no_votes"]``), as in :func:`read_ava`.
+
     Raises:
-        ValueError: a required column is missing (names the column and the file), duplicate ids,
-            bad ``set`` values.
+        ValueError: naming the file (and the 1-based line and column where there is one): a
+            required column is missing, an empty file, text that is not ``encoding``, a line
+            with more or fewer fields than the header, an empty / NaN / non-numeric / infinite
+            MOS, a negative or non-numeric vote count / std / distribution value, a non-integer
+            theme, duplicate ids, bad ``set`` values.
     """
+    import csv
+    import io
+
     from ku.data.images import IMAGE_EXTENSIONS
 
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"label file not found: {str(path)!r}")
-    raw = pd.read_csv(path, sep=sep, dtype={id_column: str}, keep_default_na=True)
+    text = "\n".join(line for _, line in _text_lines(path, encoding))
+    if not text.strip():
+        raise _no_data(path)
+    data_lines = None
+    if len(sep) == 1:  # field counts per line (pandas would silently shift or drop fields)
+        rd = csv.reader(io.StringIO(text), delimiter=sep)
+        header = next(rd)
+        data_lines = []
+        for row in rd:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}: line {rd.line_num}: {len(row)} field(s), but the header has "
+                                 f"{len(header)} ({sep.join(header)[:80]!r})")
+            data_lines.append(rd.line_num)
+    raw = pd.read_csv(io.StringIO(text), sep=sep, dtype={id_column: str}, keep_default_na=True,
+                      index_col=False, engine="c" if len(sep) == 1 else "python")
+    if data_lines is None or len(data_lines) != len(raw):
+        data_lines = [i + 2 for i in range(len(raw))]  # header line, 1-based
+    if len(raw) == 0:
+        raise _no_data(path)
+
+    def line_of(i):
+        return data_lines[int(i)]
+
+    def numbers(col, allow_nan, minimum=None, what="a finite number"):
+        """Column as float64; bad values raise naming the line and the column."""
+        vals = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype=np.float64)
+        given = raw[col].notna().to_numpy()
+        bad = (given & ~np.isfinite(vals)) | (~given & (not allow_nan))
+        if minimum is not None:
+            with np.errstate(invalid="ignore"):
+                bad |= given & np.isfinite(vals) & (vals < minimum)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            v = raw[col].iloc[i]
+            v = "" if pd.isna(v) else (v.item() if hasattr(v, "item") else v)
+            need = what if minimum is None else f"{what} >= {minimum:g}"
+            raise ValueError(f"{path}: line {line_of(i)}: column {col!r} must be {need}, got {v!r}")
+        return vals
 
     def need(col):
         if col not in raw.columns:
@@ -598,24 +691,26 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
     ids = raw[id_column].astype(str).str.strip().tolist()
     if raw[id_column].isna().any():
         bad = int(np.flatnonzero(raw[id_column].isna().to_numpy())[0])
-        raise ValueError(f"{path}: line {bad + 2}: empty value in column {id_column!r}")
-    _check_unique(ids, [i + 2 for i in range(len(ids))], path)  # +2: header line, 1-based
+        raise ValueError(f"{path}: line {line_of(bad)}: empty value in column {id_column!r}")
+    _check_unique(ids, data_lines, path)
 
     k = len(dcols)
     if k:
-        h = raw[dcols].to_numpy(dtype=np.float64)
+        h = np.stack([numbers(c, allow_nan=False, minimum=0.0) for c in dcols], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             dist = h / h.sum(axis=1, keepdims=True)
         dist[~np.isfinite(dist).all(axis=1)] = np.nan
+        no_votes_mask = h.sum(axis=1) == 0
     else:
         dist = np.zeros((len(raw), 0))
+        no_votes_mask = np.zeros(len(raw), dtype=bool)
     if mos_column in raw.columns:
-        mos = pd.to_numeric(raw[mos_column], errors="raise").to_numpy(dtype=np.float64)
+        mos = numbers(mos_column, allow_nan=False)
     else:
         mos = dist @ np.arange(1, k + 1, dtype=np.float64)
-    std = raw[std_column].to_numpy(dtype=np.float64) if std_column and std_column in raw.columns \
+    std = numbers(std_column, allow_nan=True, minimum=0.0) if std_column and std_column in raw.columns \
         else np.full(len(raw), np.nan)
-    nv = raw[n_votes_column].to_numpy(dtype=np.float64) if n_votes_column and n_votes_column in raw.columns \
+    nv = numbers(n_votes_column, allow_nan=True, minimum=0.0) if n_votes_column and n_votes_column in raw.columns \
         else np.full(len(raw), np.nan)
 
     base = Path(images_dir).expanduser().resolve() if images_dir is not None else path.parent
@@ -624,7 +719,16 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
     else:
         paths = [str(base / (i if os.path.splitext(i)[1].lower() in IMAGE_EXTENSIONS else i + image_ext))
                  for i in ids]
-    theme = raw[theme_column].fillna(0).astype(np.int64).to_numpy() if theme_column else np.zeros(len(raw), np.int64)
+    if theme_column:
+        tv = numbers(theme_column, allow_nan=True, what="an integer challenge id")
+        tv = np.nan_to_num(tv, nan=0.0)
+        if (tv != np.round(tv)).any():
+            i = int(np.flatnonzero(tv != np.round(tv))[0])
+            raise ValueError(f"{path}: line {line_of(i)}: column {theme_column!r} must be an integer "
+                             f"challenge id, got {raw[theme_column].iloc[i]!r}")
+        theme = tv.astype(np.int64)
+    else:
+        theme = np.zeros(len(raw), np.int64)
     if vocabulary is None:
         vocabulary = theme_vocabulary(theme)
     if set_column and set_column in raw.columns:
@@ -632,7 +736,7 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
         bad = ~np.isin(sets, SETS)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: line {i + 2}: column {set_column!r} must be one of {SETS}, got {sets[i]!r}")
+            raise ValueError(f"{path}: line {line_of(i)}: column {set_column!r} must be one of {SETS}, got {sets[i]!r}")
     else:
         sets = np.full(len(raw), "training")
     df = pd.DataFrame({
@@ -640,8 +744,14 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
         **{f"dist_{j + 1}": dist[:, j] for j in range(k)},
         "theme": theme, "theme_index": theme_indices(theme, vocabulary), "set": sets,
     })
+    no_votes = df.loc[no_votes_mask, "image_id"].tolist()
+    if no_votes:
+        log.warning("%d rows of %s have no votes (all %s* columns are 0): %s; rows dropped",
+                    len(no_votes), path, dist_prefix, _short_list(no_votes))
+        df = df.loc[~no_votes_mask]
     df, missing = _drop_missing_files(df, path, check_files)
     out = _finalize(df, k)
-    out.attrs.update(missing=list(missing), no_votes=[], source=str(path),
-                     theme_vocabulary={int(a): int(b) for a, b in vocabulary.items()})
+    out.attrs.update(missing=list(missing), no_votes=list(no_votes), source=str(path),
+                     theme_vocabulary={int(a): int(b) for a, b in vocabulary.items()},
+                     unknown_themes=_warn_unknown_themes(out["theme"], out["theme_index"], path))
     return out

@@ -253,7 +253,15 @@ class FeatureStore:
             try:
                 self._file = h5py.File(self.path, self.mode)
             except OSError as e:
-                hint = " (is another process writing it?)" if "lock" in str(e) else ""
+                msg = str(e)
+                if "lock" in msg:
+                    hint = " (is another process writing it?)"
+                elif "truncated" in msg:
+                    hint = " (the file is truncated: an incomplete copy or download? re-copy or re-extract it)"
+                elif "signature" in msg:
+                    hint = " (not an HDF5 file)"
+                else:
+                    hint = ""
                 raise OSError(f"cannot open feature store {self.path} (mode {self.mode!r}){hint}: {e}") from e
             self._pid = pid
         return self._file
@@ -417,6 +425,36 @@ class FeatureStore:
             raise MissingIdsError(f"{self.path}: {len(missing)} id(s) not in the store: {_preview(missing)}")
         out = np.asarray(idx, dtype=np.int64)
         return int(out[0]) if single else out
+
+    def augmentation_index(self, name) -> int:
+        """Index of the augmentation called ``name`` (an int is checked and returned); an unknown
+        name or index raises :class:`FeatureStoreError` naming the file and the stored ones."""
+        if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+            if not 0 <= int(name) < self.n_augmentations:
+                raise FeatureStoreError(f"{self.path}: augmentation index {int(name)} out of range "
+                                        f"[0, {self.n_augmentations}) (stored: {list(self.augmentations)})")
+            return int(name)
+        if str(name) not in self.augmentations:
+            raise FeatureStoreError(f"{self.path}: no augmentation {str(name)!r} in the store "
+                                    f"(stored: {list(self.augmentations)})")
+        return self.augmentations.index(str(name))
+
+    def check_model_input(self, model, what: str = "model") -> None:
+        """Raise :class:`FeatureStoreError` (naming the file, the model and both shapes) unless
+        ``model``'s input takes this store's features, e.g. a head of :mod:`ku.models.heads`
+        trained on it (a narrow ``(C,)`` store fed to a wide ``(5, 5, C)`` head, or features of
+        another backbone with a different channel count)."""
+        shape = getattr(model, "input_shape", None)
+        if shape is None or isinstance(shape, list) or (isinstance(shape, tuple) and shape and isinstance(shape[0], tuple)):
+            raise FeatureStoreError(f"{self.path}: {what} {getattr(model, 'name', model)!r} does not have "
+                                    f"a single input (input_shape={shape!r})")
+        want = tuple(shape[1:])
+        got = self.feature_shape
+        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise FeatureStoreError(
+                f"{self.path}: {what} {getattr(model, 'name', '?')!r} expects features of shape {want}, but "
+                f"the store holds {got} (backbone={self.attrs.get('backbone', '?')!r}, "
+                f"pooling={self.attrs.get('pooling', '?')!r}); use a store extracted for this head")
 
     def complete_mask(self) -> np.ndarray:
         """(N,) bool: rows whose features are written."""

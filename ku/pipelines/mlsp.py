@@ -106,7 +106,8 @@ class MlspResult:
 
 def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", pooling="wide",
              head="pool3fc", batch_size=128, max_epochs=60, schedule=None, seed=0,
-             target="mos", loss=None, resume=True, verbose=1, echo=print, paper_rows=None):
+             target="mos", loss=None, resume=True, verbose=1, echo=print, paper_rows=None,
+             strategy=None):
     """Run Hosu et al. 2019 on an ids table (``set`` column: training / validation / test).
 
     Args:
@@ -120,6 +121,11 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
       max_epochs: upper bound; the staged schedule (§3.3) usually stops earlier.
       schedule: a :class:`ku.training.StagedLearningRate` (default: the paper's).
       target: "mos" (MSE, the paper) or "distribution" (softmax over the bins, EMD loss).
+      strategy: ``tf.distribute`` strategy or "default" | "mirrored" | "multi_worker"
+        (:mod:`ku.distribute`); ``batch_size`` is then the global batch size. With several
+        workers every worker runs this function: the feature store must exist and be complete
+        (run ``scripts/extract_mlsp.py`` first, e.g. in shards, and merge), ``work_dir`` must be
+        a folder all workers share, and only the chief writes the run's files.
     Returns:
       :class:`MlspResult`.
     """
@@ -129,8 +135,12 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     from ku.evaluation import predict_augmented, report_table, mean_scores
     from ku.extraction import extract_features
     from ku.models.mlsp import mlsp_extractor
+    from ku import distribute
     from ku.training import train
 
+    strategy = distribute.get_strategy(strategy)
+    multi_worker = distribute.is_multi_worker(strategy)
+    chief = distribute.is_chief(strategy)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
@@ -139,14 +149,26 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     store_path = work_dir / f"mlsp_{backbone}_{pooling}_{wname}_aug8.h5"
 
     t = time.time()
-    extractor = mlsp_extractor(backbone, weights=w, pooling=pooling)
-    echo(f"[1/3] extracting {pooling} MLSP features of {len(ids)} images x 8 augmentations "
+    if multi_worker:  # every worker would write the same store: extraction comes first
+        with FeatureStore(store_path) if store_path.exists() else _missing_store(store_path) as store:
+            failed_rows = np.flatnonzero(store.failed_mask())
+            if store.n_complete + failed_rows.size < store.n_rows:
+                raise ValueError(f"{store_path} is incomplete ({store.n_complete} of {store.n_rows} rows); "
+                                 "finish the extraction (scripts/extract_mlsp.py) before a multi-worker run")
+            failed = [{"image_id": str(store.ids[r]), "image_path": "", "error": "extraction failed"}
+                      for r in failed_rows]
+        report = None
+        echo(f"[1/3] multi-worker run: using the extracted features {store_path}")
+    extractor = None if multi_worker else mlsp_extractor(backbone, weights=w, pooling=pooling)
+    if not multi_worker:
+        echo(f"[1/3] extracting {pooling} MLSP features of {len(ids)} images x 8 augmentations "
          f"({backbone}, weights={wname}) -> {store_path}")
-    report = extract_features(ids, store_path, extractor, attrs={
-        "backbone": backbone, "weights": wname, "pooling": pooling}, resume=resume,
-        progress=verbose > 0)
+        report = extract_features(ids, store_path, extractor, attrs={
+            "backbone": backbone, "weights": wname, "pooling": pooling}, resume=resume,
+            progress=verbose > 0)
+        failed = report.failed
+        echo("      " + report.summary())
     seconds["extract"] = time.time() - t
-    echo("      " + report.summary())
     del extractor
 
     with FeatureStore(store_path) as store:
@@ -156,7 +178,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     sets = {s: usable[usable["set"] == s] for s in ("training", "validation", "test")}
     for s, part in sets.items():
         if len(part) == 0:
-            raise ValueError(f"no usable {s} images (after dropping {report.n_failed} failed)")
+            raise ValueError(f"no usable {s} images (after dropping {len(failed)} failed)")
 
     if target == "mos":
         targets = {s: part["mos"].to_numpy(np.float32) for s, part in sets.items()}
@@ -169,7 +191,8 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     n_bins = targets["training"].shape[1] if target == "distribution" else 10
 
     t = time.time()
-    model = build_head(head, feature_shape, backbone=backbone, output=target, n_bins=n_bins)
+    with distribute.scope(strategy):  # variables mirrored on every replica
+        model = build_head(head, feature_shape, backbone=backbone, output=target, n_bins=n_bins)
     if target == "mos":
         init_output_bias(model, float(np.mean(targets["training"])))
     echo(f"[2/3] training {head} ({model.count_params():,} parameters) on "
@@ -186,7 +209,8 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     run_dir = work_dir / f"run_{head}_{pooling}_{target}"
     try:
         train(model, train_seq, val_seq, run_dir=run_dir, loss=loss, schedule=schedule,
-              max_epochs=max_epochs, resume=resume, verbose=verbose, shuffle=False)
+              max_epochs=max_epochs, resume=resume, verbose=verbose, shuffle=False,
+              strategy=strategy)
     finally:  # release the read handles: a later extraction may reopen the store for writing
         train_seq.close()
         val_seq.close()
@@ -195,7 +219,13 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     t = time.time()
     echo(f"[3/3] testing on {len(sets['test'])} images (mean over all stored augmentations)")
     test_ids = sets["test"]["image_id"].astype(str).tolist()
-    y_pred = predict_augmented(model, store_path, test_ids, batch_size=batch_size)
+    test_model = model
+    if not distribute.is_default(strategy):  # predict_on_batch would gather every worker's copy
+        import keras
+
+        test_model = keras.models.clone_model(model)  # outside the scope: a local model
+        test_model.set_weights(model.get_weights())
+    y_pred = predict_augmented(test_model, store_path, test_ids, batch_size=batch_size)
     y_pred = mean_scores(y_pred) if np.ndim(y_pred) == 2 and y_pred.shape[1] > 1 else np.ravel(y_pred)
     y_true = sets["test"]["mos"].to_numpy(float)
     seconds["test"] = time.time() - t
@@ -203,8 +233,15 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
         ("Pool-3FC (*)",) if backbone == "inception_resnet_v2" else ("Pool-3FC",))
     table = report_table(y_true, y_pred, paper_rows=rows,
                          label=f"ku {head} {pooling} ({backbone}, {wname}) on this data")
-    model.save(run_dir / "head.keras")
-    (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=1))
+    if chief:  # the other workers hold the same weights
+        test_model.save(run_dir / "head.keras")
+        (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=1))
     return MlspResult(table=table, y_true=y_true, y_pred=np.asarray(y_pred), test_ids=test_ids,
                       store_path=store_path, run_dir=run_dir, seconds=seconds,
-                      failed=report.failed)
+                      failed=failed)
+
+
+def _missing_store(path):
+    raise FileNotFoundError(f"feature store {path} does not exist; a multi-worker run reads features "
+                            f"extracted before: scripts/extract_mlsp.py --out={path} with the same "
+                            "data flags, --backbone, --pooling and --weights (in shards, then --merge)")
