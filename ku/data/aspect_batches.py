@@ -18,17 +18,44 @@ Only TensorFlow graph ops are in the image path, so the map can run anywhere tf.
 (``tf.io.decode_image`` does not apply EXIF orientation; AVA's JPEGs do not rely on it -- use
 :func:`ku.data.images.read_image` where orientation matters).
 
-**Batch plan** (:func:`plan_batches`). Images are sorted by ``log(w / h)`` of their resized size
-and cut into ``n_buckets`` equal-count aspect buckets. Evaluation (``shuffle=False``): the order
-is the sorted order, cut into consecutive batches -- deterministic, least padding. Training
-(``shuffle=True``): for each epoch, the images are shuffled inside their bucket, the buckets are
-concatenated in aspect order, cut into batches, and the batch order is shuffled; every random
-draw comes from ``np.random.default_rng([seed, epoch])``, so the order is reproducible and
-differs between epochs. Every batch has ``batch_size`` images except the last one (dropped with
-``drop_remainder=True``).
+**Batch plan** (:func:`plan_batches`; issue 7 point 3). Images are ordered by a *bucket key*:
+first the aspect bin ``round(log(w / h) / aspect_step)`` (bins ``aspect_step`` wide in log
+aspect, default 0.1, i.e. about 10 % aspect difference; ``aspect_step=None``: the exact aspect),
+then the area ``h * w``, then the row index -- so consecutive images have nearly the same aspect
+*and* size, and a batch's canvas (its largest height x its largest width) is barely larger than
+its images. Evaluation (``shuffle=False``): the key order cut into consecutive batches --
+deterministic, least padding. Training (``shuffle=True``), for each epoch: the key order is cut
+into buckets of ``bucket_batches * batch_size`` images, the first cut at a random offset (so the
+bucket borders move from epoch to epoch), images are shuffled inside their bucket, the buckets
+are concatenated, cut into batches and the batch order is shuffled. Every random draw comes from
+``np.random.default_rng([seed, epoch])``: reproducible, different between epochs, every image
+exactly once per epoch. Every batch has ``batch_size`` images except the last one (dropped with
+``drop_remainder=True``). ``bucket_batches`` trades randomness for padding: larger buckets mix
+more images (fewer pairs of images meet again in the next epoch), smaller ones pad less.
+
+Measured (:func:`padding_report`, canvas pixels / image pixels; ``bench/bench_buckets.py``):
+
+=========================================== ===== ====== ================= ==========================
+sizes                                       batch eval   training (worst   one fixed canvas
+                                                          of 3 epochs)
+=========================================== ===== ====== ================= ==========================
+simulated AVA (:func:`simulate_ava_sizes`)  128   1.06   1.21              1.91 (800 x 800)
+simulated AVA                               16    1.01   1.03              1.91 (800 x 800)
+demo set, shorter side 500                  16    1.04   1.22              2.24 (largest side)
+=========================================== ===== ====== ================= ==========================
+
+(The previous plan -- pure aspect order, fixed buckets -- gave 1.20 / 1.34 on simulated AVA at
+batch 128, above the issue's 1.3 goal: sorting by the exact aspect interleaves the sizes, since
+rounding makes every size's aspect slightly different.)
+
+For models with exact padding masking (:func:`ku.models.masking.masked_model`, e.g.
+``ku.models.apm.apm_model(masked=True)``) a bucketed batch gives the same outputs as a fixed canvas
+with less compute (``tests/test_buckets.py``). Murray & Gordo 2017 §3.2 (whole images, adaptive
+SPP per image) and Jia, Li, He 2019 §III-A (images padded into a fixed 800 x 800 canvas, ROI
+pooling over the image; ``canvas=`` reproduces that batching).
 
 :func:`padding_ratio` / :func:`padding_report` measure the cost: canvas pixels / image pixels
-(1.0 = no padding), here and in issue 7 (fixed 800x800 canvas vs aspect batches).
+(1.0 = no padding).
 """
 from __future__ import annotations
 
@@ -48,7 +75,9 @@ __all__ = [
     "image_sizes",
     "resized_size",
     "resized_sizes",
+    "bucket_key_order",
     "plan_batches",
+    "fixed_canvas_batches",
     "padding_ratio",
     "padding_report",
     "demo_padding_report",
@@ -131,38 +160,63 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
-def plan_batches(sizes, batch_size: int, *, n_buckets: Optional[int] = None, shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0, drop_remainder: bool = False) -> list:
-    """Group images of similar aspect ratio into batches (see the module docstring).
+def bucket_key_order(sizes, aspect_step: Optional[float] = 0.1) -> np.ndarray:
+    """Row indices of ``sizes`` sorted by (aspect bin, area, index) -- the order of the batch plan.
+
+    The aspect bin of ``(h, w)`` is ``round(log(w / h) / aspect_step)`` (``aspect_step=None``: the
+    exact ``log(w / h)``); landscape images get positive, portrait negative bins, square 0.
+    """
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    n = len(sizes)
+    aspect = np.log(sizes[:, 1] / sizes[:, 0])
+    if aspect_step is not None:
+        if not float(aspect_step) > 0:
+            raise ValueError(f"aspect_step must be > 0 or None, got {aspect_step!r}")
+        aspect = np.floor(aspect / float(aspect_step) + 0.5)
+    return np.lexsort((np.arange(n), sizes[:, 0] * sizes[:, 1], aspect)).astype(np.int64)
+
+
+def plan_batches(sizes, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                 drop_remainder: bool = False, bucket_batches: int = 4,
+                 aspect_step: Optional[float] = 0.1, n_buckets: Optional[int] = None) -> list:
+    """Group images of similar aspect ratio and size into batches (see the module docstring).
 
     Args:
         sizes: ``(N, 2)`` sizes ``(h, w)`` as they enter the network (after resizing).
         batch_size: images per batch.
-        n_buckets: aspect buckets for shuffling (default ``max(1, N // (4 * batch_size))``, so a
-            bucket holds about four batches). Irrelevant without ``shuffle``.
-        shuffle: training order (shuffled inside buckets, batch order shuffled) instead of the
-            deterministic sorted order.
+        shuffle: training order (shuffled inside buckets whose borders move per epoch, batch order
+            shuffled) instead of the deterministic key order.
         seed, epoch: the random draws use ``np.random.default_rng([seed, epoch])``.
         drop_remainder: drop the one batch with fewer than ``batch_size`` images.
+        bucket_batches: bucket size in batches for shuffling (default 4). Irrelevant without
+            ``shuffle``.
+        aspect_step: width of the aspect bins in ``log(w / h)`` (:func:`bucket_key_order`).
+        n_buckets: alternatively the number of buckets (bucket size ``ceil(N / n_buckets)``
+            images); overrides ``bucket_batches``.
 
     Returns:
         list of int64 arrays of row indices into ``sizes``; all but (at most) the last have
-        ``batch_size`` entries.
+        ``batch_size`` entries; with ``drop_remainder=False`` every row appears exactly once.
     """
     batch_size = _check_batch_size(batch_size)
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
     n = len(sizes)
     if n == 0:
         return []
-    aspect = np.log(sizes[:, 1] / sizes[:, 0])
-    # ties broken by area then index, so the sorted order is fully determined
-    order = np.lexsort((np.arange(n), sizes[:, 0] * sizes[:, 1], aspect))
+    if (sizes < 1).any():
+        raise ValueError("plan_batches: every size must be >= 1 (got a zero or negative height/width)")
+    order = bucket_key_order(sizes, aspect_step)
     if shuffle:
         rng = np.random.default_rng([int(seed), int(epoch)])
-        if n_buckets is None:
-            n_buckets = max(1, n // (4 * batch_size))
-        buckets = np.array_split(order, max(1, min(int(n_buckets), n)))
-        order = np.concatenate([rng.permutation(b) for b in buckets])
+        if n_buckets is not None:
+            bucket = -(-n // max(1, int(n_buckets)))
+        else:
+            if not isinstance(bucket_batches, (int, np.integer)) or bucket_batches < 1:
+                raise ValueError(f"plan_batches: bucket_batches must be a positive integer, got {bucket_batches!r}")
+            bucket = int(bucket_batches) * batch_size
+        offset = int(rng.integers(0, bucket)) if bucket < n else 0
+        cuts = np.unique(np.concatenate([[0], np.arange(offset or bucket, n, bucket), [n]]))
+        order = np.concatenate([rng.permutation(order[a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     if batches and len(batches[-1]) < batch_size and drop_remainder:
         batches = batches[:-1]
@@ -187,7 +241,8 @@ def padding_ratio(sizes, batches) -> float:
 
 def padding_report(sizes, batch_size: int = 16, *, shorter_side: Optional[int] = 500,
                    max_side: Optional[int] = None, fixed_canvas: Optional[tuple] = None,
-                   n_buckets: Optional[int] = None, seed: int = 0) -> dict:
+                   n_buckets: Optional[int] = None, seed: int = 0, bucket_batches: int = 4,
+                   aspect_step: Optional[float] = 0.1, epochs: int = 3) -> dict:
     """Padding cost of aspect-ratio batches for a set of image sizes (issue 4; reused by issue 7).
 
     Args:
@@ -196,12 +251,15 @@ def padding_report(sizes, batch_size: int = 16, *, shorter_side: Optional[int] =
         shorter_side, max_side: resizing (see :func:`resized_size`); ``None`` keeps the sizes.
         fixed_canvas: also report a fixed ``(H, W)`` canvas holding every (original-size) image,
             e.g. Jia et al.'s 800x800 (III-A); ratio ``N * H * W / sum h w``.
-        n_buckets, seed: for the shuffled (training) plan.
+        n_buckets, seed, bucket_batches, aspect_step: the plan (:func:`plan_batches`).
+        epochs: training epochs to plan (``train_ratio_max`` is the worst of them).
 
     Returns:
         dict with ``n_images``, ``batch_size``, ``image_pixels`` (mean pixels per image),
-        ``eval_ratio`` (sorted plan), ``train_ratio`` (shuffled plan, epoch 0), ``random_ratio``
-        (batches drawn without regard to aspect) and, with ``fixed_canvas``, ``fixed_ratio``.
+        ``eval_ratio`` (sorted plan), ``train_ratio`` (shuffled plan, epoch 0),
+        ``train_ratio_max`` (the largest over ``epochs`` epochs), ``random_ratio`` (batches drawn
+        without regard to aspect), ``max_canvas_ratio`` (one fixed square canvas of the largest
+        resized side, ``aspect_batches(canvas="max")``) and, with ``fixed_canvas``, ``fixed_ratio``.
     """
     sizes = np.asarray(sizes).reshape(-1, 2)
     rs = resized_sizes(sizes, shorter_side, max_side) if (shorter_side or max_side) else sizes.astype(np.int64)
@@ -212,11 +270,19 @@ def padding_report(sizes, batch_size: int = 16, *, shorter_side: Optional[int] =
         "n_images": n,
         "batch_size": int(batch_size),
         "image_pixels": float((rs[:, 0] * rs[:, 1]).mean()) if n else float("nan"),
-        "eval_ratio": padding_ratio(rs, plan_batches(rs, batch_size)),
-        "train_ratio": padding_ratio(rs, plan_batches(rs, batch_size, shuffle=True, seed=seed,
-                                                      n_buckets=n_buckets)),
-        "random_ratio": padding_ratio(rs, [perm[i:i + batch_size] for i in range(0, n, batch_size)]),
+        "eval_ratio": padding_ratio(rs, plan_batches(rs, batch_size, aspect_step=aspect_step)),
     }
+    train = [padding_ratio(rs, plan_batches(rs, batch_size, shuffle=True, seed=seed, epoch=e,
+                                            n_buckets=n_buckets, bucket_batches=bucket_batches,
+                                            aspect_step=aspect_step))
+             for e in range(max(1, int(epochs)))]
+    out.update({
+        "train_ratio": train[0],
+        "train_ratio_max": max(train),
+        "random_ratio": padding_ratio(rs, [perm[i:i + batch_size] for i in range(0, n, batch_size)]),
+        "max_canvas_ratio": float(n * float(rs.max()) ** 2 / (rs[:, 0] * rs[:, 1]).astype(np.float64).sum())
+        if n else float("nan"),
+    })
     if fixed_canvas is not None:
         fh, fw = fixed_canvas
         out["fixed_ratio"] = float(n * fh * fw / (sizes[:, 0].astype(np.float64) * sizes[:, 1]).sum())
@@ -282,6 +348,52 @@ def load_image(path, shorter_side: Optional[int] = 500, max_side: Optional[int] 
     return decode_resize(tf.io.read_file(str(path)), size).numpy()
 
 
+def _canvas_size(canvas, sizes):
+    """``(H, W)`` of a fixed canvas (or None) and a check that every size fits."""
+    if canvas is None:
+        return None
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    if isinstance(canvas, str):
+        if canvas != "max":
+            raise ValueError(f"canvas must be None, 'max', an int or (H, W), got {canvas!r}")
+        side = int(sizes.max()) if len(sizes) else 1
+        return side, side
+    if isinstance(canvas, (int, np.integer)):
+        canvas = (canvas, canvas)
+    try:
+        ch, cw = (int(c) for c in canvas)
+    except (TypeError, ValueError):
+        raise ValueError(f"canvas must be None, 'max', an int or (H, W), got {canvas!r}") from None
+    if ch < 1 or cw < 1:
+        raise ValueError(f"canvas must be positive, got {canvas!r}")
+    big = np.flatnonzero((sizes[:, 0] > ch) | (sizes[:, 1] > cw)) if len(sizes) else []
+    if len(big):
+        i = int(big[0])
+        raise ValueError(f"canvas {ch}x{cw}: {len(big)} image(s) do not fit, e.g. row {i} of size "
+                         f"{int(sizes[i, 0])}x{int(sizes[i, 1])}")
+    return ch, cw
+
+
+def fixed_canvas_batches(images, canvas=None):
+    """Stack ``(h_i, w_i, 3)`` images into one zero canvas, each at the top-left (numpy).
+
+    Args:
+        images: list of arrays ``(h, w, C)``.
+        canvas: ``(H, W)``, an int, or None for the batch's largest height x largest width (the
+            bucketed canvas).
+
+    Returns:
+        ``(batch float32 (B, H, W, C), valid_sizes int32 (B, 2))``.
+    """
+    sizes = np.array([im.shape[:2] for im in images], dtype=np.int64).reshape(-1, 2)
+    ch, cw = _canvas_size(canvas, sizes) if canvas is not None else tuple(int(v) for v in sizes.max(0))
+    c = images[0].shape[2] if len(images) and np.ndim(images[0]) == 3 else 3
+    batch = np.zeros((len(images), ch, cw, c), np.float32)
+    for k, im in enumerate(images):
+        batch[k, :im.shape[0], :im.shape[1]] = im
+    return batch, sizes.astype(np.int32)
+
+
 @dataclasses.dataclass
 class AspectBatches:
     """What :func:`aspect_batches` returns.
@@ -297,7 +409,8 @@ class AspectBatches:
         sizes: resized ``(h, w)`` per row of ``ids``.
         steps_per_epoch: batches per epoch.
         failed: ``(image_id, path, reason)`` of skipped images.
-        padding_ratio: canvas pixels / image pixels of the plan.
+        padding_ratio: canvas pixels / image pixels of the first epoch (of the fixed canvas
+            with ``canvas=``).
     """
 
     dataset: object
@@ -314,7 +427,8 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
                    max_side: Optional[int] = None, targets=None, shuffle: bool = False,
                    seed: int = 0, epochs: int = 1, n_buckets: Optional[int] = None,
                    drop_remainder: bool = False, sizes=None, num_parallel_calls=None,
-                   prefetch: int = 2) -> AspectBatches:
+                   prefetch: int = 2, bucket_batches: int = 4, aspect_step: Optional[float] = 0.1,
+                   canvas=None) -> AspectBatches:
     """tf.data pipeline of whole images batched by aspect ratio (Murray & Gordo 2017 §3.2, §3.4).
 
     Args:
@@ -325,12 +439,18 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
         max_side: optional cap on the longer side after that.
         targets: ``(N, K)`` array of targets per row (e.g. ``ku.data.readers.distributions(ids)``),
             ``"distributions"`` to take them from the ids table, or None (no targets).
-        shuffle, seed, n_buckets, drop_remainder: see :func:`plan_batches`.
+        shuffle, seed, n_buckets, drop_remainder, bucket_batches, aspect_step: the batch plan,
+            see :func:`plan_batches`.
         epochs: number of epochs in the dataset (each with its own shuffle when ``shuffle``);
             pass ``steps_per_epoch`` to ``fit``.
         sizes: known original ``(N, 2)`` sizes (skips reading the headers).
         num_parallel_calls: for the decode map (default ``tf.data.AUTOTUNE``).
         prefetch: batches to prefetch (0: none).
+        canvas: ``(H, W)`` (or an int): pad every batch to this fixed canvas instead of the
+            batch's largest image (Jia et al. 2019 §III-A, 800 x 800 on AVA) -- the reference that
+            the buckets are compared with; ``"max"``: the smallest canvas that holds every image
+            of the set in either orientation (``max side x max side``). An image that does not
+            fit raises ``ValueError``. Default None: bucketed canvases.
 
     Returns:
         :class:`AspectBatches`. Unreadable images are skipped, logged and listed in ``failed``.
@@ -380,16 +500,24 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
         if targets is not None:
             targets = targets[keep]
     rs = resized_sizes(sizes, shorter_side, max_side) if len(sizes) else np.zeros((0, 2), np.int64)
+    canvas = _canvas_size(canvas, rs)
 
     batches = []
     steps = None
     for epoch in range(int(epochs)):
         plan = plan_batches(rs, batch_size, n_buckets=n_buckets, shuffle=shuffle, seed=seed,
-                            epoch=epoch, drop_remainder=drop_remainder)
+                            epoch=epoch, drop_remainder=drop_remainder,
+                            bucket_batches=bucket_batches, aspect_step=aspect_step)
         steps = len(plan) if steps is None else steps
         batches += plan
     order = np.concatenate(batches) if batches else np.zeros(0, np.int64)
-    ratio = padding_ratio(rs, batches[:steps]) if steps else float("nan")
+    if not steps:
+        ratio = float("nan")
+    elif canvas is None:
+        ratio = padding_ratio(rs, batches[:steps])
+    else:
+        used = np.concatenate(batches[:steps])
+        ratio = float(len(used) * canvas[0] * canvas[1] / (rs[used, 0] * rs[used, 1]).astype(np.float64).sum())
 
     path_t = tf.constant(paths if paths else [""], dtype=tf.string)
     size_t = tf.constant(rs if len(rs) else np.zeros((1, 2), np.int64), dtype=tf.int32)
@@ -407,7 +535,10 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
     def one_batch(idx):  # idx: the row indices of one planned batch (<= batch_size of them)
         inner = tf.data.Dataset.from_tensor_slices(idx)
         inner = inner.map(load, num_parallel_calls=parallel, deterministic=True)
-        return inner.padded_batch(batch_size)  # exactly one batch, zeros at the bottom/right
+        if canvas is None:
+            return inner.padded_batch(batch_size)  # exactly one batch, zeros at the bottom/right
+        shapes = ([canvas[0], canvas[1], 3], [2]) + (() if target_t is None else ([None],))
+        return inner.padded_batch(batch_size, padded_shapes=shapes)  # fixed canvas
 
     plan_t = tf.ragged.constant([b.tolist() for b in batches], dtype=tf.int64, ragged_rank=1) \
         if batches else tf.ragged.constant([[0]], dtype=tf.int64)[:0]
