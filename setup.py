@@ -29,4 +29,5 @@ setup(
         "scikit-image>=0.22",
     ],
     extras_require={"test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"]},
+    entry_points={"console_scripts": ["ku = ku.cli:main"]},
 )

@@ -1,0 +1,835 @@
+"""The ``ku`` command line: ``ku predict``, ``ku evaluate``, ``ku export``.
+
+Run as ``ku ...`` (console script) or ``python -m ku.cli ...``. ``ku --help`` and
+``ku <command> --help`` explain every flag.
+
+``ku predict``
+    Score image files, folders (recursive; every extension of
+    :data:`ku.data.images.IMAGE_EXTENSIONS`) and CSV files with an image-path column; write a CSV
+    or JSON with ``image_id, image_path, mean_score`` and, for distribution models,
+    ``std_score`` and ``dist_1 .. dist_K``. Unreadable images are skipped, listed at the end and
+    written to ``<out>.errors.csv``. Images are read with :func:`ku.data.images.read_image`
+    (OpenCV, EXIF orientation applied) and scored through the same graph as the SavedModel export
+    (:mod:`ku.export`: size policy, input checks, outputs).
+``ku evaluate``
+    Paper metrics (:func:`ku.metrics.evaluate`: SRCC, PLCC, accuracy, MSE, ... and the
+    distribution metrics when both files have distributions) of a predictions file against labels
+    (an ids-table CSV or AVA's ``AVA.txt``), optionally next to the papers' numbers.
+``ku export``
+    Write a SavedModel (:func:`ku.export.export_saved_model`) that needs neither ku nor Keras.
+
+Models (``--model``): a short name with ``--weights`` (the head's weights), or a ``.keras`` file of
+a whole image model (image 0..255 -> score). Nothing is ever downloaded: ImageNet backbone weights
+are taken from Keras' cache (``~/.keras/models``) or from ``--backbone-weights PATH``, and a
+missing file is an error that says which file to put where.
+
+Exit status: :data:`EXIT_OK` (0) success; :data:`EXIT_FAILURE` (1) unexpected error;
+:data:`EXIT_USAGE` (2) bad arguments or unusable inputs (the message names the argument, nothing
+is scored); :data:`EXIT_SKIPPED` (3) ``ku predict`` finished but skipped one or more images (the
+good ones are written).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "EXIT_SKIPPED",
+    "MODELS",
+    "ModelSpec",
+    "UsageError",
+    "build_parser",
+    "collect_images",
+    "load_model",
+    "predict_files",
+    "read_predictions",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+
+
+class UsageError(ValueError):
+    """A bad command-line argument; ``argument`` names it (e.g. ``"--out"``)."""
+
+    def __init__(self, argument: str, message: str):
+        self.argument = argument
+        super().__init__(f"argument {argument}: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# models by short name
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model selectable by a short name (``ku predict --model <name> --weights <file>``).
+
+    Attributes:
+        family: :mod:`ku.export` family.
+        build: ``build(args) -> keras.Model`` image model with the weights loaded.
+        backbone: default backbone.
+        description: one line for ``--help``.
+    """
+
+    family: str
+    build: Callable
+    backbone: Optional[str]
+    description: str
+
+
+def _mlsp_builder(head: str, pooling: str):
+    def build(args):
+        return _build_mlsp(args, head, pooling)
+
+    return build
+
+
+#: Short model names. The MLSP ones are Hosu et al. 2019's heads (Table 1) on an end-to-end
+#: extractor; ``mlsp-pool3fc`` / ``mlsp-single3fc`` take the released ava-mlsp
+#: ``model_best_weights.h5`` files (wide / narrow, InceptionResNet-v2).
+MODELS = {
+    "mlsp-pool3fc": ModelSpec("mlsp", _mlsp_builder("pool3fc", "wide"), "inception_resnet_v2",
+                              "Hosu 2019 Pool-3FC on wide (5x5) MLSP features (released wide model)"),
+    "mlsp-single3fc": ModelSpec("mlsp", _mlsp_builder("single3fc", "narrow"), "inception_resnet_v2",
+                                "Hosu 2019 Single-3FC on narrow MLSP features (released narrow model)"),
+    "mlsp-single3fc-do": ModelSpec("mlsp", _mlsp_builder("single3fc_do", "narrow"),
+                                   "inception_resnet_v2", "Hosu 2019 Single-3FC (+do)"),
+    "mlsp-single1fc": ModelSpec("mlsp", _mlsp_builder("single1fc", "narrow"), "inception_resnet_v2",
+                                "Hosu 2019 Single-1FC on narrow MLSP features"),
+    "mlsp-multi3fc": ModelSpec("mlsp", _mlsp_builder("multi3fc", "narrow"), "inception_resnet_v2",
+                               "Hosu 2019 Multi-3FC on narrow MLSP features"),
+}
+
+
+def _register_keras_objects():
+    """Import the modules that register ku's Keras objects, so ``.keras`` files load."""
+    import importlib
+
+    for name in ("ku.layers", "ku.losses", "ku.models.heads", "ku.models.masking", "ku.optimizers",
+                 "ku.models.apm", "ku.models.theme_roi"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # optional modules (other papers) may not exist yet
+            logger.debug("ku.cli: %s not importable", name)
+        except Exception as e:  # noqa: BLE001 (a broken optional module must not stop the CLI)
+            logger.warning("ku.cli: importing %s failed: %s: %s", name, type(e).__name__, e)
+
+
+def _backbone_weights(args, backbone):
+    """Resolve --backbone-weights without any network access."""
+    from ku.backbones import imagenet_weights_path
+
+    value = args.backbone_weights
+    if value.lower() in ("none", "random"):
+        _echo(args, f"WARNING: --backbone-weights={value}: the {backbone} backbone is RANDOMLY "
+                    "INITIALISED; scores are meaningless except for testing.")
+        return None
+    if value.lower() == "imagenet":
+        return str(imagenet_weights_path(backbone, download=False))  # WeightsUnavailableError
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError("--backbone-weights", f"no such file: {value!r} (or use imagenet / none)")
+    return str(path)
+
+
+def _load_head_weights(head_path: Path, build_head, feature_shape):
+    """A head from ``--weights``: a ``.keras`` head model, Keras 3 ``.weights.h5`` or a Keras 2
+    (released ava-mlsp) ``.h5`` weights file."""
+    import keras
+
+    from ku.models.heads import load_released_weights
+
+    name = head_path.name.lower()
+    if name.endswith(".keras"):
+        _register_keras_objects()
+        head = keras.models.load_model(head_path, compile=False)
+        want = tuple(feature_shape)
+        got = tuple(head.input_shape[1:]) if not isinstance(head.input_shape, list) else None
+        if got is None or len(got) != len(want) or any(
+                g is not None and g != w for g, w in zip(got, want)):
+            raise UsageError("--weights", f"{str(head_path)!r} is a head on features {got}, but "
+                                          f"this --model/--backbone gives features {want}")
+        return head
+    head = build_head()
+    if name.endswith(".weights.h5"):
+        try:
+            head.load_weights(head_path)
+        except Exception as e:  # noqa: BLE001 (name the file)
+            raise UsageError("--weights", f"{str(head_path)!r} does not fit head {head.name!r} "
+                                          f"(check --output / --n-bins / --backbone): "
+                                          f"{_short_reason(e)}") from None
+        return head
+    if name.endswith((".h5", ".hdf5")):
+        try:
+            load_released_weights(head, head_path)
+        except ValueError as e:
+            raise UsageError("--weights", str(e)) from None
+        return head
+    raise UsageError("--weights", f"{str(head_path)!r}: expected a .keras, .weights.h5 or released "
+                                  ".h5 file")
+
+
+def _short_reason(e: Exception) -> str:
+    """First line of an exception plus a line naming shapes, if any (Keras' load errors print
+    whole arrays)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = lines[:1] + [ln for ln in lines[1:] if "shape" in ln][:1]
+    return f"{type(e).__name__}: " + " ".join(ln[:300] for ln in keep)
+
+
+def _build_mlsp(args, head_name, pooling):
+    from ku.backbones import mlsp_block_channels
+    from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
+    from ku.pipelines.mlsp import build_head
+
+    backbone = args.backbone or MODELS[args.model].backbone
+    if not args.weights:
+        raise UsageError("--weights", f"--model {args.model} needs --weights <head weights file> "
+                                      "(.keras head, .weights.h5, or a released ava-mlsp .h5)")
+    head_path = Path(args.weights).expanduser()
+    if not head_path.is_file():
+        raise UsageError("--weights", f"no such file: {args.weights!r}")
+    channels = sum(mlsp_block_channels(backbone))
+    feature_shape = (5, 5, channels) if pooling == "wide" else (channels,)
+    output = args.output or "mos"
+    n_bins = args.n_bins or 10
+
+    def new_head():
+        return build_head(head_name, feature_shape, backbone=backbone, output=output, n_bins=n_bins)
+
+    head = _load_head_weights(head_path, new_head, feature_shape)
+    extractor = mlsp_extractor(backbone, weights=_backbone_weights(args, backbone), pooling=pooling)
+    return mlsp_end_to_end(extractor, head, name=f"{args.model}_{backbone}")
+
+
+def load_model(args):
+    """``(keras.Model, family)`` for parsed ``--model`` / ``--weights`` / ... arguments.
+
+    Raises:
+        UsageError: naming the argument (unknown name, missing or unfitting file).
+        ku.backbones.WeightsUnavailableError: ImageNet weights not in Keras' cache.
+    """
+    import keras
+
+    spec = MODELS.get(args.model)
+    if spec is not None:
+        model = spec.build(args)
+        return model, (args.family or spec.family)
+    path = Path(args.model).expanduser()
+    if path.name.lower().endswith(".weights.h5"):
+        raise UsageError("--model", f"{args.model!r} is a weights file: pass it as --weights "
+                                    f"with a short --model ({', '.join(MODELS)})")
+    if not path.name.lower().endswith((".keras", ".h5", ".hdf5")):
+        raise UsageError("--model", f"unknown model {args.model!r}; choose a short name "
+                                    f"({', '.join(MODELS)}) or a .keras file")
+    if not path.is_file():
+        raise UsageError("--model", f"no such file: {args.model!r}")
+    _register_keras_objects()
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 (name the file)
+        raise UsageError("--model", f"cannot load {str(path)!r}: {type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    shape = model.input_shape
+    first = shape[0] if isinstance(shape, list) else shape
+    if len(first) != 4 or first[-1] != 3:
+        raise UsageError("--model", f"{str(path)!r} takes input {shape}, not images (batch, height, "
+                                    "width, 3); for a head trained on features use --model "
+                                    "mlsp-<head> --weights <head file>")
+    if args.weights:
+        try:
+            model.load_weights(Path(args.weights).expanduser())
+        except Exception as e:  # noqa: BLE001
+            raise UsageError("--weights", f"cannot load {args.weights!r} into {model.name!r}: "
+                                          f"{_short_reason(e)}") from None
+    from ku.export import guess_family
+
+    return model, (args.family or guess_family(model))
+
+
+def _module_for(args, model, family):
+    from ku.export import make_scoring_module
+
+    kw = dict(family=family, n_bins=None, score_range=args.score_range, max_side=args.max_side,
+              small_images=args.small_images)
+    if args.min_side is not None:
+        kw["min_side"] = None if args.min_side == 0 else args.min_side
+    try:
+        return make_scoring_module(model, **kw)
+    except ValueError as e:
+        raise UsageError("--score-range/--min-side/--max-side", str(e)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# inputs and outputs
+# --------------------------------------------------------------------------------------------
+def collect_images(inputs: Sequence[str], path_column: str = "image_path",
+                   id_column: str = "image_id", theme_column: Optional[str] = None) -> list:
+    """Expand files, folders (recursive) and CSV files into ``[(image_id, path, theme), ...]``.
+
+    A CSV needs ``path_column`` (relative paths are resolved against the CSV's folder);
+    ``id_column`` is used when present, else the file name without extension; ``theme_column``
+    when given and present (else theme 0). Duplicate paths are kept once, in order.
+
+    Raises:
+        UsageError: an input that does not exist, a CSV without the path column, an empty folder.
+    """
+    import pandas as pd
+
+    from ku.data.images import list_images
+
+    items, seen = [], set()
+
+    def add(image_id, path, theme=0):
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            items.append((str(image_id), str(path), int(theme)))
+
+    for inp in inputs:
+        p = Path(inp).expanduser()
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise UsageError("INPUTS", f"folder {inp!r} holds no images (extensions: see "
+                                           "ku.data.images.IMAGE_EXTENSIONS)")
+            for f in found:
+                add(f.stem, f)
+        elif p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
+            try:
+                df = pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",", dtype=str)
+            except Exception as e:  # noqa: BLE001
+                raise UsageError("INPUTS", f"cannot read CSV {inp!r}: {e}") from None
+            if path_column not in df.columns:
+                raise UsageError("--path-column", f"CSV {inp!r} has no column {path_column!r} "
+                                                  f"(columns: {list(df.columns)})")
+            for row, (_, r) in enumerate(df.iterrows(), start=2):
+                raw = r[path_column]
+                if not isinstance(raw, str) or not raw.strip():
+                    raise UsageError("INPUTS", f"{inp}, line {row}: empty {path_column!r}")
+                f = Path(raw).expanduser()
+                f = f if f.is_absolute() else p.parent / f
+                image_id = r[id_column] if id_column in df.columns and isinstance(
+                    r[id_column], str) else f.stem
+                theme = 0
+                if theme_column and theme_column in df.columns and isinstance(r[theme_column], str):
+                    try:
+                        theme = int(float(r[theme_column]))
+                    except ValueError:
+                        raise UsageError("--theme-column", f"{inp}, line {row}: theme "
+                                                           f"{r[theme_column]!r} is not an integer") from None
+                add(image_id, f, theme)
+        elif p.is_file():
+            add(p.stem, p)
+        else:
+            raise UsageError("INPUTS", f"no such file or folder: {inp!r}")
+    return items
+
+
+def _check_out(path: str, flag: str, suffixes=(".csv", ".json")) -> Path:
+    p = Path(path).expanduser()
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise UsageError(flag, f"{path!r} must end with {' or '.join(suffixes)}")
+    parent = p.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(flag, f"folder {str(parent)!r} does not exist")
+    if p.is_dir():
+        raise UsageError(flag, f"{path!r} is a folder")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(flag, f"cannot write {path!r} (permission denied)")
+    return p
+
+
+class _Progress:
+    """A one-line counter on stderr (``\\r``-updated on a terminal, every 10% otherwise)."""
+
+    def __init__(self, total, enabled=True, stream=None):
+        self.total, self.enabled = total, enabled and total > 0
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.start, self.last_decile = time.time(), -1
+
+    def update(self, done, skipped):
+        if not self.enabled:
+            return
+        rate = done / max(time.time() - self.start, 1e-9)
+        line = (f"ku predict: {done}/{self.total} images ({100 * done // self.total}%), "
+                f"{skipped} skipped, {rate:.1f} images/s")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done == self.total else ""))
+        else:
+            decile = 10 * done // self.total
+            if decile == self.last_decile:
+                return
+            self.last_decile = decile
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _error_text(e: Exception) -> str:
+    """A one-line reason for the errors file."""
+    from ku.data.images import ImageReadError
+
+    if isinstance(e, ImageReadError):
+        return e.reason
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "assertion failed" in ln:
+            return ln
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
+def predict_files(module, items, *, max_pixels=None, progress=True):
+    """Score ``items`` (from :func:`collect_images`) one image at a time, skipping bad ones.
+
+    Args:
+        module: a :class:`ku.export.ScoringModule`.
+        items: ``[(image_id, path, theme), ...]``.
+        max_pixels: refuse images with more pixels (:func:`ku.data.images.read_image`).
+        progress: counter on stderr.
+
+    Returns:
+        ``(predictions, errors)``: a DataFrame (``image_id, image_path, mean_score`` and, for
+        distribution models, ``std_score, dist_1 .. dist_K``) and a DataFrame
+        ``image_id, image_path, error`` of the skipped images.
+    """
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+
+    from ku.data.images import read_image
+
+    rows, errors = [], []
+    bar = _Progress(len(items), enabled=progress)
+    for i, (image_id, path, theme) in enumerate(items):
+        try:
+            img = read_image(path, max_pixels=max_pixels)
+            args = [tf.constant(img[None].astype(np.float32))]
+            if module.takes_theme:
+                args.append(tf.constant([theme], tf.int64))
+            out = module.predict_images(*args)
+        except Exception as e:  # noqa: BLE001 (batch work: skip and report)
+            errors.append({"image_id": image_id, "image_path": path, "error": _error_text(e)})
+        else:
+            row = {"image_id": image_id, "image_path": path,
+                   "mean_score": float(out["mean_score"].numpy()[0])}
+            if "distribution" in out:
+                row["std_score"] = float(out["std_score"].numpy()[0])
+                for k, v in enumerate(out["distribution"].numpy()[0], start=1):
+                    row[f"dist_{k}"] = float(v)
+            rows.append(row)
+        bar.update(i + 1, len(errors))
+    cols = ["image_id", "image_path", "mean_score"]
+    if rows and "std_score" in rows[0]:
+        cols += ["std_score"] + [c for c in rows[0] if c.startswith("dist_")]
+    return (pd.DataFrame(rows, columns=cols),
+            pd.DataFrame(errors, columns=["image_id", "image_path", "error"]))
+
+
+def _write_predictions(df, path: Path):
+    tmp = path.with_name(path.name + ".part")
+    if path.suffix.lower() == ".json":
+        dist_cols = [c for c in df.columns if c.startswith("dist_")]
+        records = []
+        for r in df.to_dict("records"):
+            rec = {k: r[k] for k in ("image_id", "image_path", "mean_score", "std_score") if k in r}
+            if dist_cols:
+                rec["distribution"] = [r[c] for c in dist_cols]
+            records.append(rec)
+        tmp.write_text(json.dumps(records, indent=1))
+    else:
+        df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_predictions(path) -> "pandas.DataFrame":  # noqa: F821
+    """Read a ``ku predict`` output (CSV or JSON) as a DataFrame with ``image_id``,
+    ``mean_score`` and, when present, ``dist_1 .. dist_K``.
+
+    Also accepted: any CSV with an ``image_id`` (or ``image_path``) column and a ``mean_score``,
+    ``mos``, ``score`` or ``prediction`` column.
+
+    Raises:
+        UsageError: (``--predictions``) unreadable file or missing columns.
+    """
+    import pandas as pd
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError("--predictions", f"no such file: {str(path)!r}")
+    try:
+        if p.suffix.lower() == ".json":
+            records = json.loads(p.read_text())
+            rows = []
+            for r in records:
+                r = dict(r)
+                for k, v in enumerate(r.pop("distribution", None) or [], start=1):
+                    r[f"dist_{k}"] = v
+                rows.append(r)
+            df = pd.DataFrame(rows)
+        else:
+            df = pd.read_csv(p, dtype={"image_id": str})
+    except Exception as e:  # noqa: BLE001
+        raise UsageError("--predictions", f"cannot read {str(path)!r}: {e}") from None
+    if "image_id" not in df.columns:
+        if "image_path" not in df.columns:
+            raise UsageError("--predictions", f"{str(path)!r} needs an image_id or image_path "
+                                              f"column (columns: {list(df.columns)})")
+        df["image_id"] = [Path(str(x)).stem for x in df["image_path"]]
+    for name in ("mean_score", "mos", "score", "prediction"):
+        if name in df.columns:
+            df = df.rename(columns={name: "mean_score"}) if name != "mean_score" else df
+            break
+    else:
+        raise UsageError("--predictions", f"{str(path)!r} needs a mean_score (or mos / score) "
+                                          f"column (columns: {list(df.columns)})")
+    df["image_id"] = df["image_id"].astype(str)
+    return df
+
+
+def _read_labels(path, args):
+    from ku.data import readers
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError("--labels", f"no such file: {str(path)!r}")
+    try:
+        if p.suffix.lower() == ".txt":
+            df = readers.read_ava(p.parent, ava_file=p.name, challenges_file=None, test_list=None,
+                                  split=None, check_files=False)
+        else:
+            df = readers.read_label_csv(p, check_files=False, id_column=args.id_column)
+    except (ValueError, KeyError) as e:
+        raise UsageError("--labels", str(e)) from None
+    df["image_id"] = df["image_id"].astype(str)
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+def _echo(args, text, err=True):
+    if not getattr(args, "quiet", False) or not err:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _cmd_predict(args) -> int:
+    out = _check_out(args.out, "--out")
+    items = collect_images(args.inputs, path_column=args.path_column, id_column=args.id_column,
+                           theme_column=args.theme_column)
+    if not items:
+        raise UsageError("INPUTS", "no images given (the CSV inputs have no rows)")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UsageError("--max-pixels", f"must be a positive integer, got {args.max_pixels}")
+    model, family = load_model(args)
+    module = _module_for(args, model, family)
+    _echo(args, f"ku predict: scoring {len(items)} image(s) with {model.name} ({family})")
+    preds, errors = predict_files(module, items, max_pixels=args.max_pixels,
+                                  progress=not args.quiet)
+    _write_predictions(preds, out)
+    err_path = out.with_name(out.name + ".errors.csv")
+    if len(errors):
+        errors.to_csv(err_path, index=False)
+    elif err_path.exists():
+        err_path.unlink()  # a stale list from an earlier run would mislead
+    print(f"wrote {len(preds)} prediction(s) to {out}")
+    if len(errors):
+        print(f"skipped {len(errors)} unreadable image(s) (listed in {err_path}):")
+        for _, r in errors.head(50).iterrows():
+            print(f"  {r['image_path']}: {r['error']}")
+        if len(errors) > 50:
+            print(f"  ... and {len(errors) - 50} more")
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _cmd_evaluate(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from ku.data.readers import dist_columns
+    from ku.evaluation import format_table
+    from ku.metrics import evaluate, paper_results
+
+    if args.out:
+        _check_out(args.out, "--out", suffixes=(".csv",))
+    preds = read_predictions(args.predictions)
+    labels = _read_labels(args.labels, args)
+    if args.ids:
+        from ku.data.readers import read_ava_test_list
+
+        p = Path(args.ids).expanduser()
+        if not p.is_file():
+            raise UsageError("--ids", f"no such file: {args.ids!r}")
+        keep = set(read_ava_test_list(p))
+        labels = labels[labels["image_id"].isin(keep)]
+    if args.set:
+        if "set" not in labels.columns:
+            raise UsageError("--set", f"labels {args.labels!r} have no 'set' column")
+        labels = labels[labels["set"] == args.set]
+    dup = preds["image_id"][preds["image_id"].duplicated()]
+    if len(dup):
+        raise UsageError("--predictions", f"duplicate image ids, e.g. {dup.iloc[0]!r}")
+    merged = labels.merge(preds, on="image_id", how="inner", suffixes=("_true", ""))
+    n_pred_only = len(set(preds["image_id"]) - set(labels["image_id"]))
+    n_label_only = len(labels) - len(merged)
+    if merged.empty:
+        raise UsageError("--predictions", f"no image id of {args.predictions!r} is in "
+                                          f"{args.labels!r} (e.g. {preds['image_id'].iloc[:3].tolist()})")
+    y_true = merged["mos"].to_numpy(float)
+    y_pred = merged["mean_score"].to_numpy(float)
+    ok = np.isfinite(y_true) & np.isfinite(y_pred)
+    merged, y_true, y_pred = merged[ok], y_true[ok], y_pred[ok]
+    dist_true = dist_pred = None
+    tcols = [c for c in dist_columns(labels) if f"{c}_true" in merged.columns]
+    pcols = dist_columns(preds)
+    if tcols and len(tcols) == len(pcols):
+        dt = merged[[f"{c}_true" for c in tcols]].to_numpy(float)
+        if np.all(np.isfinite(dt)):
+            dist_true, dist_pred = dt, merged[pcols].to_numpy(float)
+    table = evaluate(y_true, y_pred, threshold=args.threshold, dist_true=dist_true,
+                     dist_pred=dist_pred)
+    table.insert(0, "N", len(y_true))
+    table.insert(0, "model", args.label or Path(args.predictions).stem)
+    if args.compare:
+        ref = paper_results()
+        names = ref["model"].tolist() if args.compare == ["all"] else args.compare
+        unknown = [n for n in names if n not in set(ref["model"])]
+        if unknown:
+            raise UsageError("--compare", f"no paper row {unknown[0]!r}; available: "
+                                          f"{ref['model'].tolist()}")
+        rows = ref[ref["model"].isin(names)].drop(columns=["source", "dataset"])
+        table = pd.concat([table, rows], ignore_index=True)
+    table = table.dropna(axis=1, how="all")
+    print(f"{len(y_true)} images evaluated ({n_label_only} labelled images without prediction, "
+          f"{n_pred_only} predictions without label)")
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(format_table(table))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _cmd_export(args) -> int:
+    from ku.export import export_saved_model
+
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise UsageError("--out", f"{args.out!r} exists and is not an empty folder (add "
+                                  "--overwrite to replace it)")
+    if not out.absolute().parent.is_dir():
+        raise UsageError("--out", f"folder {str(out.absolute().parent)!r} does not exist")
+    model, family = load_model(args)
+    kw = dict(family=family, score_range=args.score_range, max_side=args.max_side,
+              small_images=args.small_images, overwrite=args.overwrite)
+    if args.min_side is not None:
+        kw["min_side"] = None if args.min_side == 0 else args.min_side
+    try:
+        path = export_saved_model(model, out, **kw)
+    except ValueError as e:
+        raise UsageError("--out/--score-range/--min-side/--max-side", str(e)) from None
+    meta = json.loads((path / "assets.extra" / "ku_export.json").read_text())
+    print(f"exported {model.name} ({family}) to {path}: signatures {', '.join(meta['signatures'])}; "
+          f"outputs {', '.join(meta['outputs'])}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _non_negative_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _add_model_args(p):
+    from ku.export import family_names
+
+    g = p.add_argument_group("model")
+    names = "\n".join(f"  {k}: {v.description}" for k, v in MODELS.items())
+    g.add_argument("--model", required=True, metavar="NAME|FILE",
+                   help="a short name (with --weights) or a .keras file of a whole image model "
+                        "(image 0..255 -> score). Short names: " + ", ".join(MODELS))
+    g.add_argument("--weights", metavar="FILE",
+                   help="weights of the head for a short --model: a .keras head (e.g. "
+                        "runs/.../head.keras from scripts/train_mlsp.py), a .weights.h5 file, or "
+                        "a released ava-mlsp model_best_weights.h5. For a .keras --model: "
+                        "optional weights to load into it. Never downloaded.")
+    g.add_argument("--backbone", choices=["inception_resnet_v2", "inception_v3"],
+                   help="backbone of a short --model (default: the one of the released model, "
+                        "inception_resnet_v2)")
+    g.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|FILE",
+                   help="backbone weights of a short --model: 'imagenet' from Keras' cache "
+                        "(~/.keras/models or $KERAS_HOME/models; never downloaded, an error says "
+                        "which file to put there), 'none' (random, for tests only) or a .h5 / "
+                        ".weights.h5 file (default: imagenet)")
+    g.add_argument("--output", choices=["mos", "distribution"],
+                   help="what a weights-only head predicts (default mos; ignored for .keras "
+                        "files, which know)")
+    g.add_argument("--n-bins", type=_positive_int,
+                   help="number of score bins of a --output=distribution head (default 10, AVA)")
+    g.add_argument("--family", choices=family_names(),
+                   help="model family for the export/scoring graph (default: the short name's; "
+                        "for .keras files guessed from the model: a theme input or ROI pooling -> "
+                        "theme_roi, an apm_spp layer -> apm, else mlsp)")
+    g = p.add_argument_group("scoring")
+    g.add_argument("--score-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="values of the first and last bin of a distribution model, for the mean "
+                        "and standard deviation (default: 1 .. K, e.g. AVA 1..10)")
+    g.add_argument("--min-side", type=_non_negative_int,
+                   help="images with a shorter side are upscaled to it (default: the family's, 75 "
+                        "px for the Inception backbones of MLSP; 0 = never)")
+    g.add_argument("--max-side", type=_positive_int,
+                   help="downscale images whose longer side exceeds this (area resize; bounds "
+                        "memory; default: full resolution as in the papers)")
+    g.add_argument("--small-images", choices=["upscale", "error"], default="upscale",
+                   help="below --min-side: upscale (default) or refuse the image")
+    p.epilog = "short model names:\n" + names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ku`` argument parser (subcommands predict, evaluate, export)."""
+    from ku import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ku", formatter_class=fmt,
+        description="Image aesthetics with ku: score images, evaluate predictions, export models.",
+        epilog="exit status: 0 ok; 1 unexpected error; 2 bad arguments or unusable inputs (nothing "
+               "scored); 3 ku predict skipped some images (the others are written).\n"
+               "Run 'ku <command> --help' for the flags of a command.")
+    parser.add_argument("--version", action="version", version=f"ku {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("predict", formatter_class=fmt, help="score images -> CSV/JSON",
+                       description="Score images (files, folders searched recursively, CSVs with "
+                                   "an image-path column) and write mean score, standard "
+                                   "deviation and distribution (where the model has one). "
+                                   "Unreadable images are skipped, listed at the end and written "
+                                   "to <out>.errors.csv; the exit status is then 3.")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="image files, folders (recursive; .jpg .jpeg .png .bmp .tif .tiff .webp "
+                        "...) and/or .csv files with a --path-column")
+    p.add_argument("--out", default="predictions.csv", metavar="FILE",
+                   help="output .csv (columns image_id, image_path, mean_score[, std_score, "
+                        "dist_1..dist_K]) or .json (a list of records with 'distribution' as a "
+                        "list); default predictions.csv")
+    p.add_argument("--path-column", default="image_path",
+                   help="image-path column of CSV inputs (relative paths: from the CSV's folder; "
+                        "default image_path)")
+    p.add_argument("--id-column", default="image_id",
+                   help="image-id column of CSV inputs (default image_id; otherwise the file name "
+                        "without extension is the id)")
+    p.add_argument("--theme-column", default="theme_index",
+                   help="theme-index column of CSV inputs, for theme models (default theme_index; "
+                        "0 = unknown theme when absent)")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="skip images with more than N pixels instead of decoding them (default: "
+                        "no limit)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress counter on stderr")
+    _add_model_args(p)
+
+    p = sub.add_parser("evaluate", formatter_class=fmt, help="paper metrics of a predictions file",
+                       description="SRCC, PLCC, accuracy, MSE, MAE, RMSE of predictions against "
+                                   "labels (and KL, JS, chi2, EMD, ... when both have "
+                                   "distributions), matched by image id.")
+    p.add_argument("--predictions", required=True, metavar="FILE",
+                   help="ku predict output (.csv or .json), or any CSV with image_id (or "
+                        "image_path) and mean_score (or mos / score) columns")
+    p.add_argument("--labels", required=True, metavar="FILE",
+                   help="an ids-table CSV (image_id, mos[, dist_1..dist_K, set]) or AVA's "
+                        "AVA.txt (vote counts per line)")
+    p.add_argument("--id-column", default="image_id", help="id column of a labels CSV")
+    p.add_argument("--ids", metavar="FILE",
+                   help="evaluate only these ids (one per line, e.g. AVA's generic_test.jpgl)")
+    p.add_argument("--set", choices=["training", "validation", "test"],
+                   help="evaluate only labels of this 'set' (CSV labels)")
+    p.add_argument("--threshold", type=float, default=5.0,
+                   help="binary accuracy boundary: high quality above it (AVA: 5, default)")
+    p.add_argument("--compare", nargs="+", metavar="MODEL",
+                   help="paper rows to print below (names of ku.metrics.paper_results(), e.g. "
+                        "'Pool-3FC (*)', or 'all')")
+    p.add_argument("--label", help="name of this row (default: the predictions file name)")
+    p.add_argument("--out", metavar="FILE.csv", help="also write the table as CSV")
+
+    p = sub.add_parser("export", formatter_class=fmt, help="write a SavedModel (no ku needed)",
+                       description="Write a TensorFlow SavedModel with signatures "
+                                   "serving_default (encoded JPEG/PNG bytes of any size -> "
+                                   "mean_score[, std_score, distribution]) and predict_images "
+                                   "(float32 [batch, h, w, 3] 0..255); loads with "
+                                   "tf.saved_model.load or TF Serving without ku.")
+    p.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _add_model_args(p)
+    return parser
+
+
+_COMMANDS = {"predict": _cmd_predict, "evaluate": _cmd_evaluate, "export": _cmd_export}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``ku`` command line; returns the exit status (see the module docstring)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or an argparse error (2, message already printed)
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    prog = f"ku {args.command}"
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001
+        from ku.backbones import WeightsUnavailableError
+
+        if isinstance(e, WeightsUnavailableError):
+            print(f"{prog}: error: argument --backbone-weights: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        logger.exception("%s failed", prog)
+        print(f"{prog}: unexpected error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

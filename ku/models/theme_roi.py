@@ -1,0 +1,457 @@
+"""Jia, Li, He 2019: theme-aware aesthetic distribution prediction on padded full-resolution photos.
+
+Model (§III-A, §III-B, §III-D, Fig. 3)::
+
+    image canvas (B, 800, 800, 3), 0..255  --preprocessing + Inception-v3 stem (3 convs)-->
+    (B, 397, 397, 64) --RoiPooling2D over each image's box--> (B, 146, 146, 64)
+    --rest of Inception-v3 (same layers, same weights; at 2x its usual resolution)-->
+    (B, 17, 17, 2048) --global average pooling ("adaptive pooling")--> 2048
+    theme index --ThemeEmbedding (one-hot x FC)--> 256
+    concat (2304) --Dense(K) + softmax--> distribution over the K scores (10 AVA, 7 Photo.net)
+
+Inception-v3's first max pooling (3 x 3, stride 2 after the third convolution, ``activation_2``
+in a fresh Keras session) is the layer replaced; for a whole 147 x 147 map (a 299 x 299 image)
+ROI pooling to 73 x 73 is exactly that max pooling, so with ``roi_size=73`` and unpadded 299 px
+inputs the network is the plain Inception-v3.
+
+Box mapping. Eq. 1 maps an input box to the feature map with ``round(x / tau)``; the stem's
+stride is ``tau = 2``, but its valid convolutions also shrink the map: an ``h``-pixel image has
+``(h - 3) // 2 - 1`` valid feature rows, while eq. 1 gives ``round((h - 1) / 2) + 1``, i.e. two to
+three rows of padding at the bottom/right of the box. ``box_mapping="valid"`` (default) pools
+exactly the image's valid feature region (the intent of §III-A, "ROI pooling cuts off the forward
+propagation of features on padding regions"); ``"paper"`` uses eq. 1 with ``spatial_scale=0.5``
+on the input box ``(0, 0, h - 1, w - 1)``.
+
+Padding leak and exact masking. Even with the exact box, plain zero padding (the paper) leaks into
+the pooled region: the preprocessing maps padded zeros to -1, batch norm adds offsets, and the
+stem's convolutions at the image's right/bottom border read the padded area. ``masked=True``
+rebuilds the stem with :func:`ku.models.masking.masked_model` (activations outside each image's
+valid region set to zero after every layer before the ROI pooling, i.e. padding in the network's
+input space after preprocessing); an image's prediction is then the same, to float32 precision,
+in any canvas. Default: the paper's plain zero padding.
+
+Training (§III-C, §IV-B): EMD loss with r = 2, SGD momentum 0.9, weight decay 1e-4, learning rate
+1e-3 on the convolutional layers and 10x on the fully connected layers (``theme_fc``,
+``distribution``), halved every 10 epochs, 30 epochs, batch 16, batch norm frozen
+(:func:`train_theme_roi`). Evaluation (§IV-A): :func:`jia_tables`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ku.layers.roi_pooling import ImageBoxes, RoiAlign2D, RoiPooling2D
+from ku.layers.theme_embedding import AVA_N_THEMES, ThemeEmbedding
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "theme_roi_model",
+    "replaced_pool_layer",
+    "stem_valid_sizes",
+    "freeze_batch_norm",
+    "jia_optimizer",
+    "jia_lr_schedule",
+    "train_theme_roi",
+    "ThemeRoiTraining",
+    "predict_views",
+    "jia_tables",
+    "ablation_row",
+    "JIA_ABLATIONS",
+    "FC_LAYERS",
+]
+
+POOLINGS = ("roi", "align")
+BOX_MAPPINGS = ("valid", "paper")
+#: Names of the fully connected layers trained at 10x the learning rate (§IV-B).
+FC_LAYERS = ("theme_fc", "distribution")
+#: Stride of Inception-v3's stem (tau of eq. 1).
+STEM_STRIDE = 2
+
+#: Jia et al. 2019 Tables III-V (AVA): SRCC of the mean, SRCC of the std, EMD (r = 1: Table I's
+#: r = 1 value equals the Pad+ROI+Theme row) and KL.
+JIA_ABLATIONS = {
+    "Table III": {
+        "Resize": (0.7026, 0.2709, 0.046, 0.108),
+        "Resized Pad": (0.6894, 0.2927, 0.046, 0.107),
+        "Random Crop": (0.6965, 0.2780, 0.046, 0.108),
+        "Pad+ROI": (0.7438, 0.3424, 0.043, 0.098),
+        "Pad+ROI+Theme": (0.7611, 0.6918, 0.041, 0.088),
+    },
+    "Table IV": {
+        "400/73": (0.7189, 0.4667, 0.044, 0.102),
+        "800/73": (0.7531, 0.6872, 0.042, 0.091),
+        "800/146": (0.7611, 0.6918, 0.041, 0.088),
+    },
+    "Table V": {
+        "Flip": (0.7553, 0.6707, 0.041, 0.090),
+        "Flip+Crop": (0.7611, 0.6918, 0.041, 0.088),
+    },
+}
+_ABLATION_COLUMNS = ("SRCC", "SRCC_std", "EMD_r1", "KL")
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+def replaced_pool_layer(backbone: keras.Model):
+    """Inception-v3's first max pooling (the layer ROI pooling replaces, §III-D) and the name of
+    the layer feeding it (``"activation_2"`` in a fresh session; found by structure because
+    Keras numbers auto-named layers per session)."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.MaxPooling2D):
+            parent = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+            return layer, parent.name
+    raise ValueError(f"replaced_pool_layer: model {backbone.name!r} has no MaxPooling2D layer")
+
+
+def _stem_layers(backbone, stem_name):
+    """The backbone's layers up to and including ``stem_name`` (a chain for Inception-v3)."""
+    out = []
+    for layer in backbone.layers:
+        out.append(layer)
+        if layer.name == stem_name:
+            return out
+    raise ValueError(f"no layer {stem_name!r} in {backbone.name!r}")  # pragma: no cover
+
+
+def stem_valid_sizes(sizes, backbone: keras.Model | None = None) -> np.ndarray:
+    """Valid feature sizes ``(N, 2)`` before the ROI pooling for images of ``sizes`` (N, 2).
+
+    Inception-v3's stem (3x3/2 valid, 3x3 valid, 3x3 same): ``(n - 3) // 2 - 1`` per axis. With a
+    ``backbone`` the mapping is read from its layers (:func:`ku.models.masking.valid_output_sizes`).
+    """
+    sizes = np.atleast_2d(np.asarray(sizes, dtype=np.int64))
+    if backbone is None:
+        return np.maximum((sizes - 3) // 2 - 1, 0)
+    from ku.models.masking import valid_output_sizes
+
+    _, stem_name = replaced_pool_layer(backbone)
+    return valid_output_sizes(backbone, sizes, output=stem_name)
+
+
+def freeze_batch_norm(model: keras.Model) -> int:
+    """Freeze every ``BatchNormalization`` layer (parameters and statistics; Keras 3 runs a
+    non-trainable BN in inference mode). Jia et al. §IV-B: "we fix the parameters of BN layer on
+    pre-trained models" (batch 16 is too small for batch statistics). Returns the count."""
+    n = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            n += 1
+    return n
+
+
+def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes=AVA_N_THEMES,
+                    n_bins=10, masked=False, pooling="roi", box_mapping="valid", theme_dim=256,
+                    sampling_ratio=2, freeze_bn=True, backbone=None, name=None) -> keras.Model:
+    """The theme-aware ROI model of Jia et al. 2019 (module docstring; §III, Fig. 3).
+
+    Args:
+        weights: Inception-v3 weights: ``"imagenet"``, None (random) or a file
+            (:func:`ku.backbones.build_backbone`); every layer except the replaced max pooling
+            keeps them.
+        canvas: canvas side (int or (h, w)) of the ``image`` input; None accepts any size (e.g.
+            an image in a canvas of exactly its own size).
+        roi_size: ROI pooling output side (146 in the paper, 73 = Inception-v3's own size).
+        theme: add the theme input and :class:`ThemeEmbedding` (False: the no-theme variant,
+            Table III "Pad+ROI").
+        n_themes: theme vocabulary size incl. the unknown index 0 (AVA 1,397 + 1).
+        n_bins: K, 10 on AVA, 7 on Photo.net.
+        masked: exact padding masking before the ROI pooling (module docstring; default: the
+            paper's plain zero padding).
+        pooling: ``"roi"`` (max ROI pooling, eqs. 1-3) or ``"align"`` (ROI align, the "Align" rows
+            of Tables I/II; inclusive-pixel boxes, ``aligned=False``, ``sampling_ratio`` samples).
+        box_mapping: ``"valid"`` or ``"paper"`` (module docstring).
+        theme_dim: theme feature size (256).
+        freeze_bn: freeze all batch-norm layers (§IV-B).
+        backbone: an already built ``build_backbone("inception_v3", ...)`` model to take the
+            layers from (its layers are *shared*, not copied); default: build one.
+        name: model name.
+
+    Returns:
+        ``keras.Model`` with inputs ``image`` (B, H, W, 3) float 0..255, ``valid_size`` (B, 2)
+        int32 (height, width of each image at the top-left of its canvas) and, with ``theme``,
+        ``theme`` (B,) int32; output ``distribution`` (B, n_bins), softmax.
+    """
+    from ku.backbones import build_backbone
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"theme_roi_model: pooling must be one of {POOLINGS}, got {pooling!r}")
+    if box_mapping not in BOX_MAPPINGS:
+        raise ValueError(f"theme_roi_model: box_mapping must be one of {BOX_MAPPINGS}, got {box_mapping!r}")
+    if not isinstance(roi_size, int) or roi_size < 1:
+        raise ValueError(f"theme_roi_model: roi_size must be a positive int, got {roi_size!r}")
+    if not isinstance(n_bins, int) or n_bins < 2:
+        raise ValueError(f"theme_roi_model: n_bins must be an int >= 2, got {n_bins!r}")
+    if canvas is None:
+        shape = (None, None, 3)
+    else:
+        ch, cw = (canvas, canvas) if isinstance(canvas, int) else tuple(int(c) for c in canvas)
+        if min(ch, cw) < 75:
+            raise ValueError(f"theme_roi_model: canvas sides must be >= 75 (Inception-v3), got {canvas!r}")
+        shape = (ch, cw, 3)
+    bb = backbone if backbone is not None else build_backbone("inception_v3", weights=weights,
+                                                              input_shape=(None, None, 3))
+    pool_layer, stem_name = replaced_pool_layer(bb)
+
+    image = keras.Input(shape, name="image")
+    sizes = keras.Input((2,), dtype="int32", name="valid_size")
+    if masked:
+        from ku.models.masking import masked_model
+
+        stem = masked_model(bb, outputs=[stem_name], name="masked_stem")
+        feats, feat_sizes = stem._run_through_graph([image, sizes], operation_fn=lambda op: op)
+    else:
+        from ku.models.masking import MapValidSize, layer_geometry
+
+        stem = keras.Model(bb.inputs, bb.get_layer(stem_name).output)
+        feats = stem._run_through_graph(image, operation_fn=lambda op: op)
+        feat_sizes = sizes
+        for layer in _stem_layers(bb, stem_name):
+            geometry = layer_geometry(layer, exact=False)
+            if geometry is not None:
+                feat_sizes = MapValidSize(**geometry, name=f"{layer.name}_valid_size")(feat_sizes)
+
+    if box_mapping == "valid":
+        boxes, scale = ImageBoxes("pixels", name="roi_boxes")(feat_sizes), 1.0
+    else:
+        boxes, scale = ImageBoxes("pixels", name="roi_boxes")(sizes), 1.0 / STEM_STRIDE
+    if pooling == "roi":
+        pooled = RoiPooling2D(roi_size, scale, mode="max", name="roi_pooling")([feats, boxes])
+    else:
+        pooled = RoiAlign2D(roi_size, scale, sampling_ratio=sampling_ratio, aligned=False,
+                            name="roi_align")([feats, boxes])
+
+    tail = keras.Model(pool_layer.output, bb.outputs[0])
+    visual = tail._run_through_graph(pooled, operation_fn=lambda op: op)
+    visual = keras.layers.GlobalAveragePooling2D(name="adaptive_avg_pool")(visual)
+    inputs = [image, sizes]
+    if theme:
+        theme_in = keras.Input((), dtype="int32", name="theme")
+        inputs.append(theme_in)
+        theme_feat = ThemeEmbedding(n_themes, theme_dim, name="theme_fc")(theme_in)
+        visual = keras.layers.Concatenate(name="visual_theme")([visual, theme_feat])
+    out = keras.layers.Dense(n_bins, activation="softmax", name="distribution")(visual)
+    if name is None:
+        name = f"jia_{'theme_' if theme else ''}{pooling}{roi_size}"
+    model = keras.Model(inputs, out, name=name)
+    if freeze_bn:
+        freeze_batch_norm(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def jia_optimizer(learning_rate=1e-3, momentum=0.9, weight_decay=1e-4, fc_multiplier=10.0):
+    """SGD of §IV-B: momentum 0.9, weight decay 1e-4 (L2, added to the gradient), ``learning_rate``
+    on the convolutional layers and ``fc_multiplier`` times it on the FC layers :data:`FC_LAYERS`
+    (:class:`ku.optimizers.LayerwiseSGD`)."""
+    from ku.optimizers import LayerwiseSGD
+
+    return LayerwiseSGD(learning_rate, momentum=momentum, weight_decay=weight_decay,
+                        lr_multipliers={r"^(%s)/" % "|".join(FC_LAYERS): float(fc_multiplier)})
+
+
+def jia_lr_schedule(initial_lr=1e-3, factor=0.5, every=10):
+    """``lr(epoch) = initial_lr * factor ** (epoch // every)`` (§IV-B: "divided by 2 every 10
+    epochs"), as a ``keras.callbacks.LearningRateScheduler`` function ``(epoch, lr) -> lr``. A pure
+    function of the epoch, so a resumed run gets the right rate."""
+    if not initial_lr > 0 or not 0 < factor <= 1 or int(every) < 1:
+        raise ValueError(f"jia_lr_schedule: bad arguments initial_lr={initial_lr}, factor={factor}, every={every}")
+
+    def schedule(epoch, lr=None):
+        return float(initial_lr * factor ** (int(epoch) // int(every)))
+
+    return schedule
+
+
+@dataclass
+class ThemeRoiTraining:
+    """What :func:`train_theme_roi` returns."""
+
+    history: object  # pandas DataFrame of history.csv (one row per epoch)
+    epochs_run: int
+    run_dir: Path
+    final_weights: Path
+    best_weights: Path | None = None
+    learning_rates: list = field(default_factory=list)
+
+
+def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=30, learning_rate=1e-3,
+                    momentum=0.9, weight_decay=1e-4, fc_multiplier=10.0, halve_every=10, loss=None,
+                    resume=True, verbose=1, callbacks=(), select="last") -> ThemeRoiTraining:
+    """Train with the recipe of Jia et al. §III-C / §IV-B, resumably.
+
+    Loss :class:`ku.losses.EMDLoss` (r = 2); :func:`jia_optimizer`; :func:`jia_lr_schedule`
+    (halved every ``halve_every`` epochs); batch size is the dataset's (16 in the paper). The
+    model's batch norm should be frozen (:func:`theme_roi_model` does it).
+
+    Files in ``run_dir``: ``history.csv`` (``CSVLogger``, appended), ``backup/``
+    (``BackupAndRestore``: model, optimizer and epoch after every epoch, kept at the end so that a
+    repeated call continues or does nothing), ``best.weights.h5`` (lowest ``val_loss``, when
+    there is validation data), ``final.weights.h5``, ``run.json`` (arguments).
+
+    Args:
+        model: e.g. :func:`theme_roi_model`.
+        train_data, validation_data: ``tf.data`` datasets of ``(inputs, distributions)``
+            (:func:`ku.data.canvas.canvas_dataset`).
+        run_dir: the run's folder.
+        epochs: total epochs (30).
+        resume: continue a run in ``run_dir``; False deletes its files first.
+        select: ``"last"`` (the paper trains a fixed schedule) or ``"best"`` (reload the weights
+            with the lowest validation loss at the end).
+        callbacks: extra Keras callbacks (after the validation correlations, before the logger).
+    Returns:
+        :class:`ThemeRoiTraining`; the model holds the selected weights.
+    """
+    from ku.losses import EMDLoss
+    from ku.training import ValidationCorrelation, _read_history
+
+    if select not in ("last", "best"):
+        raise ValueError(f"train_theme_roi: select must be 'last' or 'best', got {select!r}")
+    run_dir = Path(run_dir)
+    if not resume and run_dir.exists():
+        for p in ("history.csv", "best.weights.h5", "final.weights.h5", "run.json"):
+            if (run_dir / p).exists():
+                (run_dir / p).unlink()
+        if (run_dir / "backup").exists():
+            shutil.rmtree(run_dir / "backup")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "run.json", "w", encoding="utf-8") as f:
+        json.dump({"epochs": epochs, "learning_rate": learning_rate, "momentum": momentum,
+                   "weight_decay": weight_decay, "fc_multiplier": fc_multiplier,
+                   "halve_every": halve_every, "model": model.name}, f, indent=1)
+
+    schedule = jia_lr_schedule(learning_rate, 0.5, halve_every)
+    model.compile(optimizer=jia_optimizer(learning_rate, momentum, weight_decay, fc_multiplier),
+                  loss=loss or EMDLoss(r=2))
+    if hasattr(model, "_initial_epoch"):
+        model._initial_epoch = None
+    best = run_dir / "best.weights.h5"
+    cbs = []
+    if validation_data is not None:
+        cbs.append(ValidationCorrelation(validation_data))
+        cbs.append(keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
+                                                   save_weights_only=True))
+    cbs += [keras.callbacks.LearningRateScheduler(schedule), *callbacks,
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]
+    try:
+        with warnings.catch_warnings():
+            # datasets with ignore_errors() have unknown cardinality: Keras warns at every epoch end
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+            hist = model.fit(train_data, validation_data=validation_data, epochs=int(epochs),
+                             callbacks=cbs, verbose=verbose, shuffle=False)
+    finally:
+        if hasattr(model, "_initial_epoch"):
+            model._initial_epoch = None
+    final = run_dir / "final.weights.h5"
+    model.save_weights(str(final))
+    if select == "best" and best.exists():
+        model.load_weights(str(best))
+    return ThemeRoiTraining(history=_read_history(run_dir / "history.csv"),
+                            epochs_run=len(hist.epoch) if hist is not None else 0, run_dir=run_dir,
+                            final_weights=final, best_weights=best if best.exists() else None,
+                            learning_rates=[schedule(e) for e in range(int(epochs))])
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction and evaluation
+# ---------------------------------------------------------------------------------------------
+def predict_views(model, ids, *, mode="pad_roi", canvas=800, augment="flip_crop", batch_size=16,
+                  seed=0, n_random=20, theme=None, verbose=0, log_resized=True) -> np.ndarray:
+    """Test-time prediction: the mean of the model's distributions over each image's test views
+    (§IV-B "In the test stage, we average results on all the augmented images"; 20 random views
+    for the ``resize`` / ``random_crop`` ablations, §IV-D). Returns ``(N, K)`` float64."""
+    from ku.data.canvas import n_test_views, evaluation_views
+
+    if theme is None:
+        theme = any(getattr(t, "name", "") == "theme" for t in model.inputs)
+    n_views = n_test_views(mode, augment, n_random)
+    ds = evaluation_views(ids, mode=mode, canvas=canvas, augment=augment, batch_size=batch_size, seed=seed,
+                    theme=theme, n_random=n_random, log_resized=log_resized)
+    p = np.asarray(model.predict(ds, verbose=verbose), dtype=np.float64)
+    if p.shape[0] != len(ids) * n_views:
+        raise RuntimeError(f"predict_views: got {p.shape[0]} predictions for {len(ids)} images x {n_views} views")
+    return p.reshape(len(ids), n_views, -1).mean(axis=1)
+
+
+def jia_tables(dist_true, dist_pred, *, label="ku (this run)", paper_rows=("Pad+ROI+Theme", "Pad+ROI+Theme (Align)"),
+               extra_rows=None, dataset="AVA"):
+    """Tables I and II of Jia et al. (§IV-A, §IV-C) for a run, next to the paper's numbers.
+
+    Table I: Euclidean, KL, JS, chi2, EMD (r = 2), EMD (r = 1), cosine distance of the
+    distributions (smaller is better). Table II: SRCC / PLCC of the mean, SRCC / PLCC of the
+    standard deviation, MSE of the mean. Metric definitions: :mod:`ku.metrics`.
+
+    Args:
+        dist_true, dist_pred: ``(N, K)`` normalised distributions.
+        label: name of this run's row.
+        paper_rows: rows of :func:`ku.metrics.paper_results` (Jia's "Ours" rows by default).
+        dataset: ``"AVA"`` (Tables I/II) or ``"Photo.net"`` (Table VI) paper rows.
+        extra_rows: optional ``{label: (dist_true, dist_pred)}`` more runs (e.g. the no-theme
+            model).
+    Returns:
+        ``(table1, table2)`` pandas DataFrames, runs first.
+    """
+    import pandas as pd
+
+    from ku import metrics
+
+    t1_cols = ["Euclidean", "KL", "JS", "chi2", "EMD_r2", "EMD_r1", "cosine"]
+    t2_cols = ["SRCC", "PLCC", "SRCC_std", "PLCC_std", "MSE"]
+    runs = {label: (dist_true, dist_pred), **(extra_rows or {})}
+    rows = []
+    for name, (t, p) in runs.items():
+        r = metrics.evaluate(None, None, dist_true=t, dist_pred=p).iloc[0].to_dict()
+        rows.append({"model": name, "source": "this run", "N": len(np.asarray(t)), **r})
+    ref = metrics.paper_results()
+    for name in paper_rows or ():
+        hit = ref[(ref["model"] == name) & ref["source"].str.startswith("Jia") & (ref["dataset"] == dataset)]
+        if hit.empty:
+            raise ValueError(f"jia_tables: no Jia paper row named {name!r}")
+        for _, r in hit.iterrows():
+            rows.append({"model": name, "source": r["source"], "N": np.nan, **r.to_dict()})
+    df = pd.DataFrame(rows)
+    base = ["model", "source", "N"]
+    return df[base + t1_cols].reset_index(drop=True), df[base + t2_cols].reset_index(drop=True)
+
+
+def ablation_row(dist_true, dist_pred, label) -> dict:
+    """One row in the layout of Tables III-V: SRCC (mean), SRCC (std.dev), EMD (r = 1), KL."""
+    from ku import metrics
+
+    r = metrics.evaluate(None, None, dist_true=dist_true, dist_pred=dist_pred).iloc[0]
+    return {"model": label, **{c: float(r[c]) for c in _ABLATION_COLUMNS}}
+
+
+def ablation_table(rows, table="Table III"):
+    """This run's :func:`ablation_row` rows followed by the paper's rows of ``table``
+    (:data:`JIA_ABLATIONS`)."""
+    import pandas as pd
+
+    if table not in JIA_ABLATIONS:
+        raise ValueError(f"ablation_table: table must be one of {sorted(JIA_ABLATIONS)}, got {table!r}")
+    out = [{**r, "source": "this run"} for r in rows]
+    out += [{"model": k, "source": f"Jia 2019 {table}", **dict(zip(_ABLATION_COLUMNS, v))}
+            for k, v in JIA_ABLATIONS[table].items()]
+    return pd.DataFrame(out, columns=["model", "source", *_ABLATION_COLUMNS])
+
+
+def format_table(df, digits=4) -> str:
+    """Printable text of a table of this module (missing values as ``-``)."""
+    def fmt(v):
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+    cols = [c for c in df.columns if c not in ("model", "source", "N")]
+    return df.to_string(index=False, na_rep="-", formatters={
+        **{c: fmt for c in cols}, **({"N": lambda v: "-" if np.isnan(v) else str(int(v))} if "N" in df else {})})
