@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_there_is_a_notebook_per_paper():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"00_quickstart", "01_mlsp_hosu2019"} <= names
+    assert {"00_quickstart", "01_mlsp_hosu2019", "02_apm_murray2017", "03_theme_roi_jia2019"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
