@@ -95,27 +95,6 @@ BRANCH_POOL, BRANCH_FC1, BRANCH_FC2 = "max_branch_pool", "max_branch_fc1", "max_
 # --------------------------------------------------------------------------------------------
 # backbone
 # --------------------------------------------------------------------------------------------
-def _size_chain(model: keras.Model, output_tensor):
-    """MapValidSize layers that map input sizes to ``output_tensor``'s valid sizes (unmasked case).
-
-    The same walk as :func:`ku.models.masking.valid_output_sizes` (first input of every layer).
-    """
-    from ku.models.masking import MapValidSize, layer_geometry
-
-    chain = []
-    t = output_tensor
-    while True:
-        history = t._keras_history
-        layer = history.operation
-        if type(layer).__name__ == "InputLayer":
-            break
-        geometry = layer_geometry(layer, exact=False)
-        if geometry is not None:
-            chain.append(geometry)
-        t = layer._inbound_nodes[history.node_index].input_tensors[0]
-    return [MapValidSize(**g, name=f"valid_size_{i}") for i, g in enumerate(reversed(chain))]
-
-
 def apm_backbone(backbone: str = "resnet101", weights="imagenet", *, masked: bool = True,
                  freeze_batch_norm: bool = True, feature_layer: Optional[str] = None,
                  input_shape=(None, None, 3)) -> keras.Model:
@@ -151,9 +130,11 @@ def apm_backbone(backbone: str = "resnet101", weights="imagenet", *, masked: boo
     conv = keras.Model(base.inputs, feat, name=f"{base.name}_conv")
     images = keras.Input(shape=tuple(input_shape), name="image")
     sizes = keras.Input(shape=(2,), dtype="int32", name="valid_size")
+    from ku.models.masking import MapValidSize, size_mapping
+
     fsizes = sizes
-    for layer in _size_chain(base, feat):
-        fsizes = layer(fsizes)
+    for i, (_, geometry) in enumerate(size_mapping(base, feat)):
+        fsizes = MapValidSize(**geometry, name=f"valid_size_{i}")(fsizes)
     return keras.Model([images, sizes], [conv(images), fsizes], name="backbone")
 
 

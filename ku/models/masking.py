@@ -47,6 +47,7 @@ __all__ = [
     "valid_output_sizes",
     "valid_mask",
     "layer_geometry",
+    "size_mapping",
 ]
 
 # Layers that act on each spatial position independently (their output at a position depends only
@@ -310,37 +311,43 @@ def masked_model(model: keras.Model, *, outputs: Sequence[str] | None = None, ex
     return keras.Model([images, sizes_in], flat, name=name or f"{model.name}_masked")
 
 
+def size_mapping(model: keras.Model, output=None) -> list:
+    """The spatial layers between a model's input and ``output``, as ``(layer, geometry)`` pairs.
+
+    ``geometry`` holds the :class:`MapValidSize` arguments of the layer (:func:`layer_geometry`);
+    position-wise layers are left out. The walk follows each layer's first input back to the
+    input (all inputs of a multi-input layer share their valid size), and the pairs are returned
+    in input-to-output order, so applying them in turn maps input sizes to ``output``'s sizes.
+
+    Args:
+        model: a functional model.
+        output: a layer name, a tensor of the model's graph, or None for the model's output.
+    """
+    if output is None:
+        t = model.outputs[0]
+    elif isinstance(output, str):
+        t = model.get_layer(output).output
+    else:
+        t = output
+    chain = []
+    while True:
+        history = t._keras_history
+        layer = history.operation
+        if type(layer).__name__ == "InputLayer":
+            return chain[::-1]
+        geometry = layer_geometry(layer, exact=False)
+        if geometry is not None:
+            chain.append((layer, geometry))
+        t = layer._inbound_nodes[history.node_index].input_tensors[0]
+
+
 def valid_output_sizes(model: keras.Model, sizes, *, output: str | None = None) -> np.ndarray:
     """Valid sizes (N, 2) of images of ``sizes`` (N, 2) at a model's output (or layer ``output``).
 
     The numpy twin of the size mapping inside :func:`masked_model` (and the spatial output shape of
     each image run alone).
     """
-    sizes = np.atleast_2d(np.asarray(sizes, dtype=np.int64))
-    target = model.get_layer(output).output if output else model.outputs[0]
-    memo = {}
-
-    def size_of(t):  # memoised walk from a tensor back to the input (iterative: graphs are deep)
-        stack = [t]
-        while stack:
-            cur = stack[-1]
-            if id(cur) in memo:
-                stack.pop()
-                continue
-            history = cur._keras_history
-            layer = history.operation
-            if type(layer).__name__ == "InputLayer":
-                memo[id(cur)] = sizes
-                stack.pop()
-                continue
-            parent = layer._inbound_nodes[history.node_index].input_tensors[0]
-            if id(parent) not in memo:
-                stack.append(parent)
-                continue
-            geometry = layer_geometry(layer, exact=False)
-            memo[id(cur)] = memo[id(parent)] if geometry is None else \
-                MapValidSize(**geometry).map_numpy(memo[id(parent)])
-            stack.pop()
-        return memo[id(t)]
-
-    return size_of(target)
+    out = np.atleast_2d(np.asarray(sizes, dtype=np.int64))
+    for _, geometry in size_mapping(model, output):
+        out = MapValidSize(**geometry).map_numpy(out)
+    return out

@@ -112,16 +112,6 @@ def replaced_pool_layer(backbone: keras.Model):
     raise ValueError(f"replaced_pool_layer: model {backbone.name!r} has no MaxPooling2D layer")
 
 
-def _stem_layers(backbone, stem_name):
-    """The backbone's layers up to and including ``stem_name`` (a chain for Inception-v3)."""
-    out = []
-    for layer in backbone.layers:
-        out.append(layer)
-        if layer.name == stem_name:
-            return out
-    raise ValueError(f"no layer {stem_name!r} in {backbone.name!r}")  # pragma: no cover
-
-
 def stem_valid_sizes(sizes, backbone: keras.Model | None = None) -> np.ndarray:
     """Valid feature sizes ``(N, 2)`` before the ROI pooling for images of ``sizes`` (N, 2).
 
@@ -210,15 +200,13 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         stem = masked_model(bb, outputs=[stem_name], name="masked_stem")
         feats, feat_sizes = stem._run_through_graph([image, sizes], operation_fn=lambda op: op)
     else:
-        from ku.models.masking import MapValidSize, layer_geometry
+        from ku.models.masking import MapValidSize, size_mapping
 
         stem = keras.Model(bb.inputs, bb.get_layer(stem_name).output)
         feats = stem._run_through_graph(image, operation_fn=lambda op: op)
         feat_sizes = sizes
-        for layer in _stem_layers(bb, stem_name):
-            geometry = layer_geometry(layer, exact=False)
-            if geometry is not None:
-                feat_sizes = MapValidSize(**geometry, name=f"{layer.name}_valid_size")(feat_sizes)
+        for layer, geometry in size_mapping(bb, stem_name):
+            feat_sizes = MapValidSize(**geometry, name=f"{layer.name}_valid_size")(feat_sizes)
 
     if box_mapping == "valid":
         boxes, scale = ImageBoxes("pixels", name="roi_boxes")(feat_sizes), 1.0
