@@ -40,6 +40,7 @@ from ku.data.store import (
     FeatureStoreError,
     IncompleteRowsError,
     MissingIdsError,
+    check_rows,
     _describe_diff,
     _preview,
     diff_attrs,
@@ -281,15 +282,7 @@ class ShardedStore:
         return int(self._complete.sum())
 
     def _check_rows(self, rows) -> np.ndarray:
-        rows = np.asarray(rows)
-        if rows.ndim == 0:
-            rows = rows[None]
-        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-            raise FeatureStoreError(f"{self.path}: rows must be a 1-D array of integers, got {rows.dtype} {rows.shape}")
-        rows = rows.astype(np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
-            raise FeatureStoreError(f"{self.path}: row index out of range [0, {self.n_rows})")
-        return rows
+        return check_rows(rows, self.n_rows, self.path)
 
     def check_complete(self, rows) -> None:
         rows = self._check_rows(rows)

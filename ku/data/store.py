@@ -55,6 +55,7 @@ __all__ = [
     "FeatureStoreError",
     "IncompleteRowsError",
     "MissingIdsError",
+    "check_rows",
     "merge_stores",
     "shard_path",
     "shard_bounds",
@@ -197,6 +198,21 @@ def _runs(sorted_rows: np.ndarray) -> list[tuple[int, int, int]]:
     starts = np.concatenate([[0], breaks])
     stops = np.concatenate([breaks, [sorted_rows.size]])
     return [(int(sorted_rows[s]), int(sorted_rows[e - 1]) + 1, int(s)) for s, e in zip(starts, stops)]
+
+
+def check_rows(rows, n_rows: int, path) -> np.ndarray:
+    """``rows`` as a 1-D int64 array, or :class:`FeatureStoreError` naming ``path`` when they are
+    not 1-D integers or fall outside ``[0, n_rows)``."""
+    rows = np.asarray(rows)
+    if rows.ndim == 0:
+        rows = rows[None]
+    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+        raise FeatureStoreError(f"{path}: rows must be a 1-D array of integers, got {rows.dtype} {rows.shape}")
+    rows = rows.astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise FeatureStoreError(
+            f"{path}: row index out of range [0, {n_rows}): {rows[(rows < 0) | (rows >= n_rows)][:5].tolist()}")
+    return rows
 
 
 class FeatureStore:
@@ -485,16 +501,7 @@ class FeatureStore:
                 f"or failed): {_preview(ids)}; rerun the extraction or drop them")
 
     def _check_rows(self, rows) -> np.ndarray:
-        rows = np.asarray(rows)
-        if rows.ndim == 0:
-            rows = rows[None]
-        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-            raise FeatureStoreError(f"{self.path}: rows must be a 1-D array of integers, got {rows.dtype} {rows.shape}")
-        rows = rows.astype(np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
-            raise FeatureStoreError(
-                f"{self.path}: row index out of range [0, {self.n_rows}): {rows[(rows < 0) | (rows >= self.n_rows)][:5].tolist()}")
-        return rows
+        return check_rows(rows, self.n_rows, self.path)
 
     def _locked(self):
         if self._lock is None:
