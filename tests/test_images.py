@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from bad_input_corpus import pattern as _pattern
+
 from ku.data.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -15,17 +17,6 @@ from ku.data.images import (
     list_images,
     read_image,
 )
-
-
-def _pattern(h=48, w=64, seed=0):
-    """RGB image with distinct quadrants (orientation is visible) plus noise (lossless checks)."""
-    rng = np.random.default_rng(seed)
-    im = rng.integers(0, 40, (h, w, 3)).astype(np.uint8)
-    im[: h // 2, : w // 2] += np.uint8([200, 0, 0])
-    im[: h // 2, w // 2:] += np.uint8([0, 200, 0])
-    im[h // 2:, : w // 2] += np.uint8([0, 0, 200])
-    im[h // 2:, w // 2:] += np.uint8([200, 200, 0])
-    return im
 
 
 def _write_bgr(path, rgb, params=()):

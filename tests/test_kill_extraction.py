@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -30,7 +29,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_kill_training import forkserver
+from test_kill_training import forkserver, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "extract_mlsp.py"
@@ -123,22 +122,13 @@ def _lines(side, kind="read"):
 
 def _run(ctx, argv, side, kill_after_reads=None, delay=0.0):
     Path(side).unlink(missing_ok=True)
-    p = ctx.Process(target=_extract_job, args=(argv, str(side)))  # kill: after >= 1 write and k reads
-    p.start()
-    deadline = time.time() + TIMEOUT
-    if kill_after_reads is not None:
-        while time.time() < deadline and p.is_alive():
-            if _lines(side, "write") >= 1 and _lines(side) >= kill_after_reads:
-                time.sleep(delay)
-                os.kill(p.pid, signal.SIGKILL)
-                break
-            time.sleep(0.003)
-    p.join(max(1.0, deadline - time.time()))
-    if p.is_alive():
-        p.kill()
-        p.join()
-        pytest.fail(f"extraction did not finish within {TIMEOUT} s")
-    return p.exitcode
+
+    def reached():  # kill: after >= 1 write and k reads
+        return _lines(side, "write") >= 1 and _lines(side) >= kill_after_reads
+
+    return run_job(ctx, _extract_job, (argv, str(side)),
+                   kill_when=reached if kill_after_reads is not None else None,
+                   delay=lambda: delay, timeout=TIMEOUT, what="extraction")
 
 
 def test_sigkill_at_random_moments_then_rerun_gives_identical_store(dataset, tmp_path):

@@ -149,18 +149,17 @@ def _progress(side):
     return None
 
 
-def _run(ctx, cfg, kill_at=None, rng=None):
-    """Run the job; with ``kill_at=(epoch, batch)`` SIGKILL it from here once it has finished
-    that batch (plus a random 0..40 ms). Returns the exit code."""
-    Path(cfg["side"]).unlink(missing_ok=True)
-    p = ctx.Process(target=_train_job, args=(cfg,))
+def run_job(ctx, target, args, *, kill_when=None, delay=lambda: 0.0, timeout=TIMEOUT, what="job"):
+    """Run ``target(*args)`` in a process of ``ctx``; once ``kill_when()`` is true, wait ``delay()``
+    seconds and SIGKILL it from here (shared by the kill tests). Fails the test if the process
+    has not ended after ``timeout`` seconds. Returns the exit code."""
+    p = ctx.Process(target=target, args=args)
     p.start()
-    deadline = time.time() + TIMEOUT
-    if kill_at is not None:
+    deadline = time.time() + timeout
+    if kill_when is not None:
         while time.time() < deadline and p.is_alive():
-            pr = _progress(cfg["side"])
-            if pr is not None and pr >= kill_at:
-                time.sleep(float(rng.uniform(0, 0.04)))
+            if kill_when():
+                time.sleep(delay())
                 os.kill(p.pid, signal.SIGKILL)
                 break
             time.sleep(0.003)
@@ -168,8 +167,21 @@ def _run(ctx, cfg, kill_at=None, rng=None):
     if p.is_alive():
         p.kill()
         p.join()
-        pytest.fail(f"training job did not finish within {TIMEOUT} s")
+        pytest.fail(f"{what} did not finish within {timeout} s")
     return p.exitcode
+
+
+def _run(ctx, cfg, kill_at=None, rng=None):
+    """Run the job; with ``kill_at=(epoch, batch)`` SIGKILL it from here once it has finished
+    that batch (plus a random 0..40 ms). Returns the exit code."""
+    Path(cfg["side"]).unlink(missing_ok=True)
+
+    def reached():
+        pr = _progress(cfg["side"])
+        return pr is not None and pr >= kill_at
+
+    return run_job(ctx, _train_job, (cfg,), kill_when=reached if kill_at is not None else None,
+                   delay=lambda: float(rng.uniform(0, 0.04)), what="training job")
 
 
 def _epochs_used(log):
