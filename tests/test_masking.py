@@ -139,3 +139,22 @@ def test_inexact_layers_raise():
         masked_model(keras.Model(inp, out2))
     with pytest.raises(ValueError, match="no layer 'nope'"):
         masked_model(keras.Model(inp, out), outputs=["nope"])
+
+
+def test_mask_aware_pooling_model_saves_and_reloads(tmp_path):
+    """A masked model with 'same' average pooling (MaskAwareAveragePooling2D) round-trips .keras."""
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c")(inp)
+    x = keras.layers.AveragePooling2D(3, 1, padding="same", name="avg")(x)
+    m = masked_model(keras.Model(inp, x))
+    assert any(isinstance(l, MaskAwareAveragePooling2D) for l in m.layers)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 255, (2, 20, 24, 3)).astype("float32")
+    s = np.array([[20, 17], [13, 24]], "int32")
+    got = m.predict([x, s], verbose=0)
+    m.save(tmp_path / "mask_aware.keras")
+    r = keras.models.load_model(tmp_path / "mask_aware.keras")
+    layer = next(l for l in r.layers if isinstance(l, MaskAwareAveragePooling2D))
+    assert layer.pool_size == (3, 3) and layer.strides == (1, 1)
+    for u, v in zip(got, r.predict([x, s], verbose=0)):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)
