@@ -84,7 +84,8 @@ def valid_mask(sizes, height, width, dtype="float32"):
 
 @keras.saving.register_keras_serializable(package="ku")
 class ValidRegionMask(keras.layers.Layer):
-    """Zero everything outside each image's valid region.
+    """Zero everything outside each image's valid region (padded batches of Murray & Gordo 2017
+    §3.2 and Jia, Li, He 2019 §III-A; see the module docstring).
 
     Inputs: ``[x (B, H, W, C), sizes (B, 2) int]`` with ``sizes[b] = (h_b, w_b)``, the valid
     region being rows ``< h_b`` and columns ``< w_b`` (image at the top-left of the canvas).
@@ -102,7 +103,8 @@ class ValidRegionMask(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ku")
 class MapValidSize(keras.layers.Layer):
-    """Map valid sizes (B, 2) through one layer's geometry.
+    """Map valid sizes (B, 2) through one layer's geometry (where each padded image's valid region
+    ends after a convolution / pooling / zero padding; Murray & Gordo §3.2, Jia et al. §III-A).
 
     Per axis with input extent ``n``: first ``n + pad_before + pad_after``, then for
     ``padding="valid"``: ``max(floor((n - d*(k-1) - 1) / s) + 1, 0)``; for ``"same"``:
@@ -163,7 +165,8 @@ class MapValidSize(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ku")
 class MaskAwareAveragePooling2D(keras.layers.Layer):
-    """``same`` average pooling that averages over each image's valid positions only.
+    """``same`` average pooling that averages over each image's valid positions only (exact
+    masking of Inception blocks in padded batches; ``DESIGN.md`` §4, Jia et al. §III-A).
 
     Equals Keras' ``AveragePooling2D(padding="same")`` on the unpadded image (which does not count
     its own padding), for an image padded into a larger canvas. Inputs ``[x (B,H,W,C) zero outside
