@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -119,25 +118,17 @@ def worker(args):
 
 # ---------------------------------------------------------------------------------------------
 
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _run(cmd_args, n_workers, timeout):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1", PYTHONPATH=str(ROOT))
     procs = []
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _ports(n_workers)]}
+    from ku.distribute import loopback_tf_configs
+
+    configs = loopback_tf_configs(n_workers)
     for i in range(n_workers):
         e = dict(env)
         if n_workers > 1:
-            e["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            e["TF_CONFIG"] = configs[i]
         procs.append(subprocess.Popen([sys.executable, __file__, *cmd_args], env=e, start_new_session=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     deadline = time.monotonic() + timeout

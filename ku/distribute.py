@@ -73,6 +73,7 @@ __all__ = [
     "STRATEGIES",
     "StrategyConfigError",
     "read_tf_config",
+    "loopback_tf_configs",
     "get_strategy",
     "is_default",
     "is_multi_worker",
@@ -88,6 +89,8 @@ __all__ = [
     "scope",
     "distribute_input",
     "all_workers_agree",
+    "barrier",
+    "predict_locally",
     "sync_non_trainable",
     "SyncBatchStatistics",
     "prepare_model",
@@ -142,6 +145,32 @@ def read_tf_config(env=None) -> dict:
         raise StrategyConfigError(f"TF_CONFIG['task']['index']={index!r} out of range for "
                                   f"{len(cluster[ttype])} {ttype!r} task(s)")
     return cfg
+
+
+def loopback_tf_configs(n_workers: int = 2, host: str = "127.0.0.1") -> list:
+    """``TF_CONFIG`` values (JSON strings), one per worker, for a cluster of ``n_workers`` processes
+    on this machine (free ports on ``host``, picked now): to try or test multi-worker training
+    without a cluster, start the same command ``n_workers`` times, each with its own value::
+
+        for i, cfg in enumerate(loopback_tf_configs(2)):
+            subprocess.Popen([...,"--strategy=multi_worker"], env={**os.environ, "TF_CONFIG": cfg})
+
+    (The ports are free when picked; start the workers right away.)"""
+    import socket
+
+    n = int(n_workers)
+    if n < 1:
+        raise ValueError(f"loopback_tf_configs: n_workers must be >= 1, got {n_workers!r}")
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    cluster = {"worker": [f"{host}:{p}" for p in ports]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(n)]
 
 
 def get_strategy(name="default", *, devices=None):
@@ -302,10 +331,15 @@ def worker_run_dir(run_dir, strategy=None, resume: bool = True):
     the run's files -- ``backup/`` and the top-level ``*.json``, ``*.weights.h5``, ``*.csv``
     (schedule state, best weights, history) -- are copied from ``run_dir`` when ``resume``);
     ``finish(result)`` points a :class:`ku.training.TrainingResult` back at ``run_dir``, deletes
-    the temporary directory and
-    returns the result.
+    the temporary directory and returns the result (``finish(None)``: only deletes it).
+    In multi-worker mode all workers first wait for each other (:func:`barrier`), so a worker
+    never copies files that the chief is still writing at the end of a previous call.
     """
     run_dir = Path(run_dir)
+    if is_multi_worker(strategy):
+        # the chief may still be writing the previous call's files (its last checkpoint, final
+        # weights) when another worker starts the next call and copies them: wait for all
+        barrier(strategy)
     write_dir, cleanup = worker_dir(run_dir, strategy)
     if write_dir == run_dir:
         return run_dir, run_dir, lambda result: result
@@ -320,6 +354,9 @@ def worker_run_dir(run_dir, strategy=None, resume: bool = True):
                 worker_info(strategy)["task_id"], run_dir, write_dir)
 
     def finish(result):
+        if result is None:
+            cleanup()
+            return None
         try:
             result.run_dir = run_dir
             best = run_dir / "best.weights.h5"
@@ -365,6 +402,11 @@ def distribute_input(data, strategy):
     return data
 
 
+def barrier(strategy) -> None:
+    """Return only when every worker has called it (a collective; nothing in single-worker mode)."""
+    all_workers_agree(strategy, 0, "the barrier")
+
+
 def all_workers_agree(strategy, value, what: str = "value") -> None:
     """Raise ``RuntimeError`` unless every worker passes the same number ``value`` (a collective:
     all workers must call it). Used before resuming, to catch a ``run_dir`` that is not shared."""
@@ -383,6 +425,38 @@ def all_workers_agree(strategy, value, what: str = "value") -> None:
             f"the workers disagree on {what}: {out.tolist()} (one per replica). For multi-worker "
             "resuming, run_dir must be on a file system that every worker sees (only the chief "
             "writes it); or start over with resume=False / --noresume")
+
+
+def predict_locally(model, data, verbose: int = 0):
+    """``model.predict(data)``, except for a model created under a multi-worker strategy: there
+    ``predict`` would split ``data`` between the workers and gather every worker's rows (each
+    row once per worker), so the batches of ``data`` are run through the model on this worker
+    alone (a ``tf.function`` of ``model(x, training=False)``; all workers hold the same weights).
+    ``data``: a finite ``tf.data.Dataset`` (or iterable) of input batches or ``(x, y)`` batches.
+    Returns a numpy array (a list for several outputs, as ``predict``)."""
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None or not is_multi_worker(strategy):
+        return model.predict(data, verbose=verbose)
+    f = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    total = None
+    if isinstance(data, tf.data.Dataset):
+        n = int(data.cardinality())
+        total = n if n >= 0 else None
+    bar = keras.utils.Progbar(total) if verbose else None
+    outs = []
+    for batch in data:
+        x = batch[0] if isinstance(batch, tuple) and len(batch) in (2, 3) else batch
+        out = f(x)
+        outs.append([np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out))
+        if bar is not None:
+            bar.add(1)
+    if not outs:
+        raise ValueError("predict_locally: the data gave no batches")
+    if isinstance(outs[0], list):
+        return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+    return np.concatenate(outs)
 
 
 def sync_non_trainable(model, strategy) -> int:

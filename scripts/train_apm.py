@@ -14,6 +14,10 @@ Examples:
   python scripts/train_apm.py
   python scripts/train_apm.py --semantic_epochs=1 --apm_m_epochs=1
   python scripts/train_apm.py --ava_root=/data/AVA --weights=imagenet --shorter_side=500
+  TF_CONFIG=... python scripts/train_apm.py --ava_root=/data/AVA --strategy=multi_worker
+
+Every stage (semantic, aesthetic, APM-m) checkpoints after each epoch into --work_dir
+(semantic/, train/, apm_m/): re-running the same command continues an interrupted run.
 """
 import json
 import os
@@ -34,7 +38,8 @@ flags.DEFINE_enum("variant", "dist", ["dist", "dist_eucl", "mean"], "Table 1 var
                   "loss on 10 bins (eq. 1, sigma 3), dist_eucl = Euclidean loss, mean = 1 output.")
 flags.DEFINE_integer("shorter_side", None, "Resize so the shorter side is this many pixels, aspect "
                      "kept (paper 3.4: 500; demo default 128 so that it runs on a CPU).")
-flags.DEFINE_integer("batch_size", 16, "Images per batch (batches group similar aspect ratios).")
+flags.DEFINE_integer("batch_size", 16, "Images per batch, over all replicas (batches group similar "
+                     "aspect ratios).")
 flags.DEFINE_integer("accumulate", None, "Gradient accumulation steps (paper batch 128 = 16 x 8; "
                      "default 8 on AVA, 1 on the demo).")
 flags.DEFINE_integer("epochs", None, "Aesthetic training epochs (default 30 on AVA, 2 on the demo).")
@@ -60,7 +65,13 @@ flags.DEFINE_integer("fc_units", 4096, "Width of the first FC layer (paper 3.2: 
 flags.DEFINE_integer("demo_images", 240, "Images in the demo set.")
 flags.DEFINE_string("work_dir", None, "Output folder (default runs/apm_<variant>_<data>): weights, "
                     "config.json, teacher cache, predictions, metrics and plots.")
-flags.DEFINE_integer("seed", 0, "Seed of the split and the batch shuffling.")
+flags.DEFINE_integer("seed", 0, "Seed of the split, the batch shuffling and the initial weights.")
+flags.DEFINE_boolean("resume", True, "Continue the stages checkpointed in --work_dir (False: start over).")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (ku.distribute): default = one device; mirrored = all local "
+                  "GPUs; multi_worker = the workers in the TF_CONFIG environment variable (run the "
+                  "same command on every worker; --work_dir on a shared file system to resume). "
+                  "--batch_size is the global batch; every worker reads only its part of each batch.")
 flags.DEFINE_integer("verbose", 1, "0 = quiet, 1 = progress bars.")
 
 TABLE1 = {  # (backbone, variant, semantic, apm_m) -> Murray Table 1 row to print next to the run
@@ -97,14 +108,34 @@ def main(argv):
     work = Path(FLAGS.work_dir or f"runs/apm_{FLAGS.variant}_{data_name}").expanduser()
     work.mkdir(parents=True, exist_ok=True)
 
+    from ku import distribute
+
+    # first: a multi-worker strategy connects to the other workers before any TensorFlow work
+    try:
+        strategy = distribute.get_strategy(FLAGS.strategy)
+    except distribute.StrategyConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    # only the chief writes --work_dir; another worker writes a temporary copy (deleted at the end)
+    out_dir, cleanup = distribute.worker_dir(work, strategy)
+    try:
+        run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, sem_epochs, m_epochs)
+    finally:
+        cleanup()
+
+
+def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, sem_epochs, m_epochs):
+    """The stages; ``work``: the run's folder, ``out_dir``: where this worker writes (``work`` on
+    the chief, a temporary folder on the other workers)."""
+    import keras
     import numpy as np
     import pandas as pd
 
-    from ku import metrics, plots
+    from ku import distribute, metrics, plots
     from ku.data.aspect_batches import aspect_batches
     from ku.models import apm, semantic
     from ku.pipelines.mlsp import resolve_weights
 
+    chief = distribute.is_chief(strategy)
     t0 = time.time()
     seconds = {}
     if demo:
@@ -122,15 +153,21 @@ def main(argv):
     weights = resolve_weights(FLAGS.backbone, FLAGS.weights)
     arch = dict(backbone=FLAGS.backbone, variant=FLAGS.variant, masked=FLAGS.masked,
                 fc_units=FLAGS.fc_units, global_max_branch=False)
-    model = apm.apm_model(weights=weights, **arch)
+    keras.utils.set_random_seed(FLAGS.seed)  # the same initial weights on every worker and re-run
+    with distribute.scope(strategy):  # variables mirrored on every replica
+        model = apm.apm_model(weights=weights, **arch)
     n_params = model.count_params()
     print(f"{model.name}: {n_params:,} parameters, SPP vector "
-          f"{model.get_layer('apm_spp').output.shape[-1]:,}-d, masking {'on' if FLAGS.masked else 'off'}")
+          f"{model.get_layer('apm_spp').output.shape[-1]:,}-d, masking {'on' if FLAGS.masked else 'off'}"
+          + (f"; {strategy.num_replicas_in_sync} replicas, global batch {FLAGS.batch_size}"
+             if not distribute.is_default(strategy) else ""))
 
-    def optimizer(lr, multipliers=None):
-        return apm.apm_optimizer(FLAGS.optimizer, lr, decay_steps=FLAGS.decay_steps or None,
-                                 lr_multipliers=multipliers,
-                                 gradient_accumulation_steps=accumulate if accumulate > 1 else None)
+    def optimizer(lr, multipliers=None):  # a factory: fit creates it under the strategy's scope
+        return lambda: apm.apm_optimizer(FLAGS.optimizer, lr, decay_steps=FLAGS.decay_steps or None,
+                                         lr_multipliers=multipliers,
+                                         gradient_accumulation_steps=accumulate if accumulate > 1 else None)
+
+    fit_kw = dict(strategy=strategy, resume=FLAGS.resume, verbose=FLAGS.verbose)
 
     # ---- semantic stage (3.3)
     if sem_epochs:
@@ -146,13 +183,15 @@ def main(argv):
                 tw = None
         elif str(tw).lower() == "none":
             tw = None
-        targets, failed = semantic.teacher_targets(
-            parts["training"], work / f"teacher_{FLAGS.teacher_size}.h5", weights=tw,
+        targets, failed = semantic.teacher_targets(  # a local teacher on every worker
+            parts["training"], out_dir / f"teacher_{FLAGS.teacher_size}.h5", weights=tw,
             image_size=FLAGS.teacher_size, verbose=FLAGS.verbose)
-        student = semantic.student_model(FLAGS.backbone, weights, masked=FLAGS.masked)
+        with distribute.scope(strategy):
+            student = semantic.student_model(FLAGS.backbone, weights, masked=FLAGS.masked)
         semantic.train_student(student, parts["training"], targets, shorter_side=shorter,
                                batch_size=FLAGS.batch_size, epochs=sem_epochs, seed=FLAGS.seed,
-                               optimizer=optimizer(FLAGS.learning_rate), verbose=FLAGS.verbose)
+                               optimizer=optimizer(FLAGS.learning_rate), run_dir=work / "semantic",
+                               **fit_kw)
         n = apm.copy_backbone_weights(student, model)
         print(f"semantic stage: {sem_epochs} epochs; {n} convolutional layers copied into {model.name}")
         del student
@@ -162,27 +201,29 @@ def main(argv):
     t = time.time()
     y_train = apm.apm_targets(parts["training"], FLAGS.variant)
     apm.init_output_bias(model, y_train.mean(axis=0))
-    hist = apm.fit_apm(model, parts["training"], parts["validation"], variant=FLAGS.variant,
-                       shorter_side=shorter, batch_size=FLAGS.batch_size, epochs=epochs,
-                       optimizer=optimizer(FLAGS.learning_rate), seed=FLAGS.seed, verbose=FLAGS.verbose)
-    history = pd.DataFrame(hist.history)
+    apm.fit_apm(model, parts["training"], parts["validation"], variant=FLAGS.variant,
+                shorter_side=shorter, batch_size=FLAGS.batch_size, epochs=epochs,
+                optimizer=optimizer(FLAGS.learning_rate), seed=FLAGS.seed, run_dir=work / "train", **fit_kw)
+    history = pd.read_csv(out_dir / "train" / "history.csv") if chief else pd.DataFrame()
     seconds["train"] = time.time() - t
 
     # ---- APM-m (4.1)
     fusion_weight = None
     if m_epochs:
         t = time.time()
-        model_m = apm.apm_model(backbone_model=model.get_layer("backbone"),
-                                **{**arch, "global_max_branch": True})
+        with distribute.scope(strategy):
+            model_m = apm.apm_model(backbone_model=model.get_layer("backbone"),
+                                    **{**arch, "global_max_branch": True})
         for name in ("apm_fc1", "apm_fc2"):
             model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
         apm.init_output_bias(model_m, y_train.mean(axis=0))
-        hist_m = apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
-                             batch_size=FLAGS.batch_size, epochs=m_epochs, seed=FLAGS.seed + 1,
-                             optimizer=optimizer(FLAGS.learning_rate / 10,
-                                                 {apm.new_layer_pattern(): 10.0}),
-                             verbose=FLAGS.verbose)
-        history = pd.concat([history, pd.DataFrame(hist_m.history).add_prefix("apm_m_")], axis=1)
+        apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
+                    batch_size=FLAGS.batch_size, epochs=m_epochs, seed=FLAGS.seed + 1,
+                    optimizer=optimizer(FLAGS.learning_rate / 10, {apm.new_layer_pattern(): 10.0}),
+                    run_dir=work / "apm_m", **fit_kw)
+        if chief:
+            hist_m = pd.read_csv(out_dir / "apm_m" / "history.csv")
+            history = pd.concat([history, hist_m.add_prefix("apm_m_")], axis=1)
         model = model_m
         val_out, _ = apm.predict_batches(model, aspect_batches(parts["validation"], FLAGS.batch_size,
                                                                shorter_side=shorter))
@@ -191,6 +232,11 @@ def main(argv):
                                                  criterion=FLAGS.fusion_criterion)
         print(f"APM-m late fusion weight (SPP branch) fit on validation: {fusion_weight:.2f}")
         seconds["apm_m"] = time.time() - t
+
+    if not chief:  # the chief, holding the same weights, tests and writes the results
+        print(f"worker {distribute.worker_info(strategy)['task_id']}: training done; the chief "
+              "writes the results")
+        return
 
     # ---- test (section 4)
     t = time.time()

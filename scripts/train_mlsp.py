@@ -137,7 +137,10 @@ def run(head=None, pooling=None):
     from ku import distribute
 
     # first: a multi-worker strategy connects to the other workers before any TensorFlow work
-    strategy = distribute.get_strategy(FLAGS.strategy)
+    try:
+        strategy = distribute.get_strategy(FLAGS.strategy)
+    except distribute.StrategyConfigError as e:
+        fail(str(e))
     chief = distribute.is_chief(strategy)
     # The script owns the process: seed every generator once, so a random backbone (no ImageNet
     # weights) and the head's initialisation are the same on every run -- a re-run then resumes

@@ -18,6 +18,7 @@ Examples:
   python scripts/train_theme_roi.py --dataset=ava --ava_root=/data/AVA --mode=resize --theme=off
   python scripts/train_theme_roi.py --dataset=ava --ava_root=/data/AVA --canvas=400 --roi_size=73
   python scripts/train_theme_roi.py --dataset=photonet --photonet_labels=/data/pn/labels.txt
+  TF_CONFIG=... python scripts/train_theme_roi.py --dataset=ava --ava_root=/data/AVA --strategy=multi_worker
 """
 import json
 import sys
@@ -59,13 +60,18 @@ flags.DEFINE_integer("epochs", None, "Epochs (IV-B: 30, lr halved every 10). Def
 flags.DEFINE_integer("halve_every", None, "Halve the learning rate every N epochs (paper: 10; "
                      "demo default: 1).")
 flags.DEFINE_float("learning_rate", 1e-3, "Rate of the convolutional layers; FC layers get 10x (IV-B).")
-flags.DEFINE_integer("batch_size", None, "Batch size (paper: 16; demo default: 8).")
+flags.DEFINE_integer("batch_size", None, "Batch size over all replicas (paper: 16; demo default: 8).")
 flags.DEFINE_integer("demo_images", 240, "Images in the demo set.")
 flags.DEFINE_string("work_dir", None, "Where the runs go (default runs/theme_roi_<dataset>_<mode>). "
                     "Re-running continues interrupted runs.")
 flags.DEFINE_boolean("resume", True, "Continue existing runs in --work_dir.")
 flags.DEFINE_integer("seed", 0, "Seed of the split, shuffling and augmentation draws.")
 flags.DEFINE_integer("verbose", 1, "0 = quiet, 1 = progress bars.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy (ku.distribute): default = one device; mirrored = all local "
+                  "GPUs; multi_worker = the workers in the TF_CONFIG environment variable (run the "
+                  "same command on every worker; --work_dir on a shared file system to resume). "
+                  "--batch_size is the global batch, split between the replicas.")
 
 
 def fail(message):
@@ -92,10 +98,12 @@ def load_ids(echo):
     return ids, 1
 
 
-def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo):
+def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo, strategy):
     """Train (resumable) and test one model; returns (test distributions, predictions, seconds)."""
+    import keras
     import numpy as np
 
+    from ku import distribute
     from ku.data.canvas import canvas_dataset, targets_from_ids
     from ku.models.theme_roi import predict_views, theme_roi_model, train_theme_roi
 
@@ -108,8 +116,10 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo)
         if len(part) == 0:
             fail(f"no {k} images")
     t0 = time.time()
-    model = theme_roi_model(weights=weights, canvas=s["canvas"], roi_size=s["roi_size"], theme=theme,
-                            n_themes=int(n_themes), n_bins=n_bins, masked=s["masked"], pooling=s["pooling"])
+    keras.utils.set_random_seed(FLAGS.seed)  # the same initial weights on every worker and re-run
+    with distribute.scope(strategy):  # variables mirrored on every replica
+        model = theme_roi_model(weights=weights, canvas=s["canvas"], roi_size=s["roi_size"], theme=theme,
+                                n_themes=int(n_themes), n_bins=n_bins, masked=s["masked"], pooling=s["pooling"])
     if s["demo"]:
         # ku, not the paper: start the softmax at the training images' mean vote distribution.
         # AVA gives ~1,800 steps per epoch to find it; the demo gives ~20.
@@ -124,13 +134,14 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo)
     echo(f"\n== {name}: training on {len(sets['training'])} images ({model.count_params():,} parameters, "
          f"{s['epochs']} epochs) -> {run_dir}")
     train_theme_roi(model, train, val, run_dir=run_dir, epochs=s["epochs"], learning_rate=FLAGS.learning_rate,
-                    halve_every=s["halve_every"], resume=FLAGS.resume, verbose=FLAGS.verbose)
+                    halve_every=s["halve_every"], resume=FLAGS.resume, verbose=FLAGS.verbose, strategy=strategy)
     t1 = time.time()
     echo(f"   testing on {len(sets['test'])} images (mean over the test views)")
     pred = predict_views(model, sets["test"], batch_size=s["batch_size"], seed=FLAGS.seed,
                          verbose=FLAGS.verbose, **common)
     true = targets_from_ids(sets["test"]).astype(np.float64)
-    np.save(run_dir / "test_predictions.npy", pred)
+    if distribute.is_chief(strategy):
+        np.save(run_dir / "test_predictions.npy", pred)
     return true, pred, {"train_s": t1 - t0, "test_s": time.time() - t1}
 
 
@@ -143,8 +154,15 @@ def main(argv):
             fail(f"--{name}={value}: must be a positive integer")
     if not FLAGS.learning_rate > 0:
         fail(f"--learning_rate={FLAGS.learning_rate}: must be positive")
+    from ku import distribute
     from ku.pipelines.mlsp import resolve_weights
 
+    # first: a multi-worker strategy connects to the other workers before any TensorFlow work
+    try:
+        strategy = distribute.get_strategy(FLAGS.strategy)
+    except distribute.StrategyConfigError as e:
+        fail(str(e))
+    chief = distribute.is_chief(strategy)
     echo = print
     demo = FLAGS.dataset == "demo"
     t_start = time.time()
@@ -181,7 +199,7 @@ def main(argv):
     for th in variants:
         label = {"pad_roi": "Pad+ROI", "resize": "Resize", "resized_pad": "Resized Pad",
                  "random_crop": "Random Crop"}[FLAGS.mode] + ("+Theme" if th else "") + " (ku)"
-        true, pred, secs = run_variant(ids, th, n_themes, n_bins, weights, settings, work_dir, echo)
+        true, pred, secs = run_variant(ids, th, n_themes, n_bins, weights, settings, work_dir, echo, strategy)
         results[label], seconds[label] = (true, pred), secs
     first = next(iter(results))
     dataset = "Photo.net" if FLAGS.dataset == "photonet" else "AVA"
@@ -209,6 +227,8 @@ def main(argv):
     total = time.time() - t_start
     echo(f"\ntime: {total:.0f} s in total; " + ", ".join(
         f"{k}: train {v['train_s']:.0f} s, test {v['test_s']:.0f} s" for k, v in seconds.items()))
+    if not chief:  # the chief holds the same weights and writes the results
+        return
     with open(work_dir / "results.json", "w", encoding="utf-8") as f:
         json.dump({"settings": settings, "weights": "imagenet" if weights == "imagenet" else str(weights),
                    "table1": t1.to_dict("records"), "table2": t2.to_dict("records"),

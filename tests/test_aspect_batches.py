@@ -233,3 +233,43 @@ def test_fixed_canvas_batches_numpy():
     np.testing.assert_array_equal(batch[0, :5, :7], images[0])
     with pytest.raises(ValueError, match="do not fit"):
         ab.fixed_canvas_batches(images, (6, 6))
+
+
+def test_worker_slices_make_up_the_global_batch(demo):
+    """input_context (tf.distribute): each pipeline yields its replicas' slices of every planned
+    batch, padded to the whole batch's canvas; together they are exactly the single-process batch
+    (same images, padding, targets); a last batch smaller than the replica count is dropped."""
+    import tensorflow as tf
+
+    ids = demo[demo.set == "training"].head(13)
+    kw = dict(shorter_side=48, targets="distributions", shuffle=True, seed=2, epochs=2)
+    whole = ab.aspect_batches(ids, 4, **kw)
+    assert [len(b) for b in whole.batches] == [4, 4, 4, 1] * 2
+    whole_batches = list(whole.dataset.as_numpy_iterator())
+    n_rep = 3
+    for n_pipe in (1, 3):  # one pipeline feeding 3 replicas (MirroredStrategy) or 3 workers
+        pipes = []
+        for p in range(n_pipe):
+            ctx = tf.distribute.InputContext(num_input_pipelines=n_pipe, input_pipeline_id=p,
+                                             num_replicas_in_sync=n_rep)
+            res = ab.aspect_batches(ids, 4, input_context=ctx, **kw)
+            assert res.steps_per_epoch == 3  # the batch of 1 image is dropped on every pipeline
+            pipes.append(list(res.dataset.as_numpy_iterator()))
+        per_step = n_rep // n_pipe
+        assert all(len(p) == 6 * per_step for p in pipes)
+        kept = [b for b in range(8) if len(whole.batches[b]) >= n_rep]
+        for step, b in enumerate(kept):
+            (x, s), y = whole_batches[b]
+            slices = [p[step * per_step + j] for p in pipes for j in range(per_step)]
+            assert [len(sl[1]) for sl in slices] == [len(part) for part in np.array_split(np.arange(len(y)), n_rep)]
+            for (xs, ss), ys in slices:
+                assert xs.shape[1:3] == x.shape[1:3]  # the global batch's canvas
+            np.testing.assert_array_equal(np.concatenate([sl[0][0] for sl in slices]), x)
+            np.testing.assert_array_equal(np.concatenate([sl[0][1] for sl in slices]), s)
+            np.testing.assert_array_equal(np.concatenate([sl[1] for sl in slices]), y)
+    # first_epoch: a resumed run continues with the uninterrupted run's plan
+    later = ab.aspect_batches(ids, 4, **{**kw, "epochs": 1}, first_epoch=1)
+    for a, b in zip(later.batches, whole.batches[4:]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="do not divide"):
+        ab.aspect_batches(ids, 4, input_context=tf.distribute.InputContext(2, 0, 3), **kw)

@@ -3,24 +3,18 @@ worker, and two MultiWorkerMirroredStrategy workers on 127.0.0.1 training Pool-3
 feature store: both finish, hold identical weights, and reach the loss of a single-process run
 (tolerance: rtol 2e-3 on every epoch's loss; measured ~1e-4, float summation order)."""
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from ku.data.generators import FeatureSequence, feature_dataset
 from ku.data.store import FeatureStore, shard_bounds, shard_path
-from ku.distribute import StrategyConfigError, get_strategy, per_replica_batch_size, read_tf_config
+from ku.distribute import (StrategyConfigError, get_strategy, loopback_tf_configs, per_replica_batch_size,
+                           read_tf_config)
+from loopback import read_weights, start, wait_all, worker_env
 
-ROOT = Path(__file__).resolve().parents[1]
 FEATURE_SHAPE = (3, 3, 16)  # tiny "wide" features (Pool-3FC takes (H, W, C))
 A = 4
 N_TRAIN, N_VAL = 48, 16
@@ -178,43 +172,6 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _start(args, env, log):
-    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=ROOT, start_new_session=True)
-
-
-def _wait_all(procs, timeout):
-    """Wait for all processes; kill every process group on timeout (the test stops by itself)."""
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        return False
-    return True
-
-
-def _weights(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
 def test_two_workers_on_loopback_match_single_process(data, tmp_path):
     root, _ = data
     script = tmp_path / "worker.py"
@@ -222,20 +179,14 @@ def test_two_workers_on_loopback_match_single_process(data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run_dir = tmp_path / "run_mw"
-    base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    base.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="-1")
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs, logs = [], []
     t0 = time.monotonic()
-    for i in range(2):
-        env = dict(base, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+    for i, cfg in enumerate(loopback_tf_configs(2)):
         logs.append(open(tmp_path / f"worker{i}.log", "w"))
-        procs.append(_start([str(script), "multi_worker", str(root / "data.json"), str(run_dir), str(out)], env, logs[-1]))
+        procs.append(start([script, "multi_worker", root / "data.json", run_dir, out], worker_env(cfg, tmp_path / "tmp"), logs[-1]))
     logs.append(open(tmp_path / "single.log", "w"))  # the single-process reference, alongside
-    procs.append(_start([str(script), "default", str(root / "data.json"), str(tmp_path / "run_single"), str(out)],
-                        base, logs[-1]))
-    finished = _wait_all(procs, timeout=80)
+    procs.append(start([script, "default", root / "data.json", tmp_path / "run_single", out], worker_env(), logs[-1]))
+    finished = wait_all(procs, timeout=80)
     for f in logs:
         f.close()
     tails = "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in sorted(tmp_path.glob("*.log")))
@@ -252,7 +203,7 @@ def test_two_workers_on_loopback_match_single_process(data, tmp_path):
     assert len(w0["loss"]) == 3
 
     # identical weights (trainable and BatchNormalization statistics), bit for bit
-    a, b = _weights(out / "weights-multi_worker-0.weights.h5"), _weights(out / "weights-multi_worker-1.weights.h5")
+    a, b = read_weights(out / "weights-multi_worker-0.weights.h5"), read_weights(out / "weights-multi_worker-1.weights.h5")
     assert a.keys() == b.keys() and len(a) > 20
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -261,9 +212,7 @@ def test_two_workers_on_loopback_match_single_process(data, tmp_path):
     assert w1["run_dir"] == str(run_dir)
     assert (run_dir / "backup").is_dir() and (run_dir / "best.weights.h5").is_file()
     assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 1 + 3
-    import tempfile
-
-    assert not list(Path(tempfile.gettempdir()).glob(f"ku-worker1-{run_dir.name}-*"))
+    assert not list((tmp_path / "tmp").glob("ku-worker1-*"))
 
     # the loss of one process on the same global batches (synchronized BatchNormalization: the
     # statistics of the whole batch, as in one process): equal up to float summation order, at

@@ -428,7 +428,7 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
                    seed: int = 0, epochs: int = 1, n_buckets: Optional[int] = None,
                    drop_remainder: bool = False, sizes=None, num_parallel_calls=None,
                    prefetch: int = 2, bucket_batches: int = 4, aspect_step: Optional[float] = 0.1,
-                   canvas=None) -> AspectBatches:
+                   canvas=None, first_epoch: int = 0, input_context=None) -> AspectBatches:
     """tf.data pipeline of whole images batched by aspect ratio (Murray & Gordo 2017 §3.2, §3.4).
 
     Args:
@@ -443,6 +443,9 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
             see :func:`plan_batches`.
         epochs: number of epochs in the dataset (each with its own shuffle when ``shuffle``);
             pass ``steps_per_epoch`` to ``fit``.
+        first_epoch: the epoch number of the dataset's first epoch (its draws are those of
+            ``plan_batches(epoch=first_epoch)``, then ``first_epoch + 1``, ...): a run resumed at
+            epoch ``k`` continues with the batches of the uninterrupted run.
         sizes: known original ``(N, 2)`` sizes (skips reading the headers).
         num_parallel_calls: for the decode map (default ``tf.data.AUTOTUNE``).
         prefetch: batches to prefetch (0: none).
@@ -451,6 +454,15 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
             the buckets are compared with; ``"max"``: the smallest canvas that holds every image
             of the set in either orientation (``max side x max side``). An image that does not
             fit raises ``ValueError``. Default None: bucketed canvases.
+        input_context: a ``tf.distribute.InputContext`` (as passed by
+            ``strategy.distribute_datasets_from_function``; :func:`ku.training.fit_aspect_batches`):
+            ``batch_size`` is then the *global* batch size; every planned batch is split into
+            ``num_replicas_in_sync`` slices (``numpy.array_split``, in plan order) and this input
+            pipeline yields only its replicas' slices, one element per replica and step, so every
+            worker reads and decodes only its own images. Each slice is padded to the canvas of the
+            whole global batch, so every image sees exactly the padding of a single-process run
+            (equal outputs also without masking). Planned batches with fewer images than replicas
+            are dropped on every pipeline (all workers run the same number of steps).
 
     Returns:
         :class:`AspectBatches`. Unreadable images are skipped, logged and listed in ``failed``.
@@ -502,12 +514,22 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
     rs = resized_sizes(sizes, shorter_side, max_side) if len(sizes) else np.zeros((0, 2), np.int64)
     canvas = _canvas_size(canvas, rs)
 
+    n_rep, mine = 1, [0]
+    if input_context is not None:
+        n_rep = int(input_context.num_replicas_in_sync)
+        n_pipe = int(input_context.num_input_pipelines)
+        if n_rep % n_pipe:
+            raise ValueError(f"aspect_batches: {n_rep} replicas do not divide into {n_pipe} input pipelines")
+        per = n_rep // n_pipe
+        mine = list(range(int(input_context.input_pipeline_id) * per, (int(input_context.input_pipeline_id) + 1) * per))
     batches = []
     steps = None
-    for epoch in range(int(epochs)):
+    for epoch in range(int(first_epoch), int(first_epoch) + int(epochs)):
         plan = plan_batches(rs, batch_size, n_buckets=n_buckets, shuffle=shuffle, seed=seed,
                             epoch=epoch, drop_remainder=drop_remainder,
                             bucket_batches=bucket_batches, aspect_step=aspect_step)
+        if n_rep > 1:  # every replica needs at least one image per step
+            plan = [b for b in plan if len(b) >= n_rep]
         steps = len(plan) if steps is None else steps
         batches += plan
     order = np.concatenate(batches) if batches else np.zeros(0, np.int64)
@@ -532,18 +554,32 @@ def aspect_batches(ids, batch_size: int = 16, *, shorter_side: Optional[int] = 5
 
     parallel = num_parallel_calls or tf.data.AUTOTUNE
 
-    def one_batch(idx):  # idx: the row indices of one planned batch (<= batch_size of them)
+    # dataset elements: (row indices, canvas (H, W)) -- a planned batch, or with input_context
+    # this pipeline's slices of it, padded to the whole batch's canvas
+    elements, canvases = [], []
+    for b in batches:
+        whole = canvas if canvas is not None else tuple(int(v) for v in rs[b].max(axis=0))
+        parts = [b] if input_context is None else [np.array_split(b, n_rep)[j] for j in mine]
+        for part in parts:
+            elements.append(part.tolist())
+            canvases.append(whole)
+
+    def one_batch(idx, hw):  # idx: row indices (<= batch_size of them); hw: the canvas
         inner = tf.data.Dataset.from_tensor_slices(idx)
         inner = inner.map(load, num_parallel_calls=parallel, deterministic=True)
-        if canvas is None:
-            return inner.padded_batch(batch_size)  # exactly one batch, zeros at the bottom/right
-        shapes = ([canvas[0], canvas[1], 3], [2]) + (() if target_t is None else ([None],))
-        return inner.padded_batch(batch_size, padded_shapes=shapes)  # fixed canvas
+        image_shape = [canvas[0], canvas[1], 3] if canvas is not None else tf.concat([hw, [3]], axis=0)
+        shapes = (image_shape, [2]) + (() if target_t is None else ([None],))
+        return inner.padded_batch(batch_size, padded_shapes=shapes)  # exactly one batch, zeros at the bottom/right
 
-    plan_t = tf.ragged.constant([b.tolist() for b in batches], dtype=tf.int64, ragged_rank=1) \
-        if batches else tf.ragged.constant([[0]], dtype=tf.int64)[:0]
-    ds = tf.data.Dataset.from_tensor_slices(plan_t).flat_map(one_batch)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(batches)))  # flat_map hides it
+    plan_t = tf.ragged.constant(elements, dtype=tf.int64, ragged_rank=1) \
+        if elements else tf.ragged.constant([[0]], dtype=tf.int64)[:0]
+    canvas_t = tf.constant(np.asarray(canvases, np.int64).reshape(-1, 2))
+    ds = tf.data.Dataset.from_tensor_slices((plan_t, canvas_t)).flat_map(one_batch)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(elements)))  # flat_map hides it
+    if input_context is not None:  # sliced here, explicitly: tf.distribute must not shard again
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(opts)
 
     if target_t is None:
         ds = ds.map(lambda im, s: (im, s))

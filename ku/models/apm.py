@@ -493,33 +493,30 @@ def apm_inference_model(model: keras.Model, fusion_weight: Optional[float] = Non
 # --------------------------------------------------------------------------------------------
 def fit_apm(model: keras.Model, train_ids, validation_ids=None, *, variant: str = "dist",
             shorter_side: Optional[int] = 500, batch_size: int = 16, epochs: int = 1,
-            optimizer=None, seed: int = 0, verbose: int = 1, callbacks=(), sigma: float = HUBER_SIGMA):
+            optimizer=None, seed: int = 0, verbose: int = 1, callbacks=(), sigma: float = HUBER_SIGMA,
+            strategy=None, run_dir=None, resume: bool = True):
     """Compile and fit an APM model on whole images batched by aspect ratio (§3.2, §3.4).
 
     Targets from the ids tables (:func:`apm_targets`); loss :func:`apm_loss` (for APM-m the same
     loss on both outputs, summed); optimizer default :func:`apm_optimizer` (SGD, lr 1e-3,
-    momentum 0.9, weight decay 5e-4, /10 every 20k iterations). Training batches are shuffled per
-    epoch with ``seed`` (:func:`ku.data.aspect_batches.plan_batches`). Returns the ``History``.
+    momentum 0.9, weight decay 5e-4, /10 every 20k iterations; an optimizer or a zero-argument
+    callable). Training batches are shuffled per epoch with ``seed``
+    (:func:`ku.data.aspect_batches.plan_batches`). ``strategy`` (data-parallel, global
+    ``batch_size``; build the model under its scope), ``run_dir`` and ``resume`` (chief-only,
+    crash-safe checkpoints; a repeated call continues): :func:`ku.training.fit_aspect_batches`.
+    Returns the ``History`` of this call.
     """
-    from ku.data.aspect_batches import aspect_batches
+    from ku.training import fit_aspect_batches
 
-    y = apm_targets(train_ids, variant)
     outputs = model.output_names
-    data = aspect_batches(train_ids, batch_size, shorter_side=shorter_side, targets=y, shuffle=True,
-                          seed=seed, epochs=epochs)
-    val = None
-    if validation_ids is not None and len(validation_ids):
-        val = aspect_batches(validation_ids, batch_size, shorter_side=shorter_side,
-                             targets=apm_targets(validation_ids, variant)).dataset
-    if len(outputs) > 1:  # APM-m: the same targets for both branches
-        data_ds = data.dataset.map(lambda x, t: (x, {k: t for k in outputs}))
-        val = None if val is None else val.map(lambda x, t: (x, {k: t for k in outputs}))
-        loss = {k: apm_loss(variant, sigma) for k in outputs}
-    else:
-        data_ds, loss = data.dataset, apm_loss(variant, sigma)
-    model.compile(optimizer=optimizer or apm_optimizer("sgd"), loss=loss)
-    return model.fit(data_ds, epochs=epochs, steps_per_epoch=data.steps_per_epoch,
-                     validation_data=val, verbose=verbose, callbacks=list(callbacks), shuffle=False)
+    loss = {k: apm_loss(variant, sigma) for k in outputs} if len(outputs) > 1 else apm_loss(variant, sigma)
+    has_val = validation_ids is not None and len(validation_ids)
+    return fit_aspect_batches(
+        model, train_ids, apm_targets(train_ids, variant), validation_ids if has_val else None,
+        apm_targets(validation_ids, variant) if has_val else None, loss=loss,
+        optimizer=optimizer if optimizer is not None else (lambda: apm_optimizer("sgd")),
+        batch_size=batch_size, shorter_side=shorter_side, epochs=epochs, seed=seed, strategy=strategy,
+        run_dir=run_dir, resume=resume, verbose=verbose, callbacks=callbacks)
 
 
 def init_output_bias(model: keras.Model, value) -> None:

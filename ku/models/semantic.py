@@ -234,31 +234,33 @@ def student_model(backbone: str = "resnet101", weights="imagenet", *, n_classes:
 
 def train_student(student: keras.Model, ids, targets, *, shorter_side: Optional[int] = 500,
                   batch_size: int = 16, epochs: int = 1, optimizer=None, seed: int = 0,
-                  verbose: int = 1, validation_ids=None, validation_targets=None):
+                  verbose: int = 1, validation_ids=None, validation_targets=None, strategy=None,
+                  run_dir=None, resume: bool = True):
     """Fit the student to the teacher's softmax with cross-entropy (§3.3).
 
     Rows whose targets are NaN (unreadable images) are dropped. ``optimizer`` default:
     :func:`ku.models.apm.apm_optimizer` (SGD, lr 1e-3, momentum 0.9, weight decay 5e-4, §3.4 --
-    the paper gives no separate settings for this stage). Returns the Keras ``History``.
+    the paper gives no separate settings for this stage; an optimizer or a zero-argument
+    callable). ``strategy``, ``run_dir``, ``resume``: :func:`ku.training.fit_aspect_batches`.
+    Returns the Keras ``History``.
     """
-    from ku.data.aspect_batches import aspect_batches
     from ku.losses import SoftCrossEntropy
     from ku.models.apm import apm_optimizer
+    from ku.training import fit_aspect_batches
 
     targets = np.asarray(targets, np.float32)
     ok = np.isfinite(targets).all(axis=1)
     ids, targets = ids.reset_index(drop=True)[ok].reset_index(drop=True), targets[ok]
-    data = aspect_batches(ids, batch_size, shorter_side=shorter_side, targets=targets, shuffle=True,
-                          seed=seed, epochs=epochs)
-    val = None
+    vids = vt = None
     if validation_ids is not None:
         vt = np.asarray(validation_targets, np.float32)
         vok = np.isfinite(vt).all(axis=1)
-        val = aspect_batches(validation_ids.reset_index(drop=True)[vok].reset_index(drop=True), batch_size,
-                             shorter_side=shorter_side, targets=vt[vok]).dataset
-    student.compile(optimizer=optimizer or apm_optimizer("sgd"), loss=SoftCrossEntropy())
-    return student.fit(data.dataset, epochs=epochs, steps_per_epoch=data.steps_per_epoch,
-                       validation_data=val, verbose=verbose, shuffle=False)
+        vids, vt = validation_ids.reset_index(drop=True)[vok].reset_index(drop=True), vt[vok]
+    return fit_aspect_batches(
+        student, ids, targets, vids, vt, loss=SoftCrossEntropy(),
+        optimizer=optimizer if optimizer is not None else (lambda: apm_optimizer("sgd")),
+        batch_size=batch_size, shorter_side=shorter_side, epochs=epochs, seed=seed, strategy=strategy,
+        run_dir=run_dir, resume=resume, verbose=verbose)
 
 
 def save_backbone_weights(model: keras.Model, path) -> Path:

@@ -276,7 +276,7 @@ class ThemeRoiTraining:
 
 def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=30, learning_rate=1e-3,
                     momentum=0.9, weight_decay=1e-4, fc_multiplier=10.0, halve_every=10, loss=None,
-                    resume=True, verbose=1, callbacks=(), select="last") -> ThemeRoiTraining:
+                    resume=True, verbose=1, callbacks=(), select="last", strategy=None) -> ThemeRoiTraining:
     """Train with the recipe of Jia et al. §III-C / §IV-B, resumably.
 
     Loss :class:`ku.losses.EMDLoss` (r = 2); :func:`jia_optimizer`; :func:`jia_lr_schedule`
@@ -284,9 +284,20 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
     model's batch norm should be frozen (:func:`theme_roi_model` does it).
 
     Files in ``run_dir``: ``history.csv`` (``CSVLogger``, appended), ``backup/``
-    (``BackupAndRestore``: model, optimizer and epoch after every epoch, kept at the end so that a
-    repeated call continues or does nothing), ``best.weights.h5`` (lowest ``val_loss``, when
-    there is validation data), ``final.weights.h5``, ``run.json`` (arguments).
+    (:class:`ku.training.ResumableBackup`: model, optimizer and epoch after every epoch, written
+    atomically, kept at the end so that a repeated call continues or does nothing),
+    ``best.weights.h5`` (lowest ``val_loss``, when there is validation data),
+    ``final.weights.h5``, ``run.json`` (arguments).
+
+    Distributed (``strategy``, :mod:`ku.distribute`): build the model under ``strategy.scope()``;
+    the optimizer is created there. The batch size of the datasets is the *global* batch: they
+    are distributed with ``tf.data``'s ``DATA`` auto-sharding (every global batch is split into
+    per-replica slices and each worker keeps its own), so all replicas together train on exactly
+    the single-process batches -- also when :func:`ku.data.canvas.canvas_dataset` skips an
+    unreadable image, since every worker skips the same one. The price: every worker decodes
+    every image of the batch (decoding and padding one image costs far less than Inception-v3 on
+    its 800 x 800 canvas). Only the chief writes ``run_dir``; the other workers write a temporary
+    copy (:func:`ku.distribute.worker_run_dir`); resuming needs ``run_dir`` on a shared file system.
 
     Args:
         model: e.g. :func:`theme_roi_model`.
@@ -298,57 +309,76 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
         select: ``"last"`` (the paper trains a fixed schedule) or ``"best"`` (reload the weights
             with the lowest validation loss at the end).
         callbacks: extra Keras callbacks (after the validation correlations, before the logger).
+        strategy: ``tf.distribute`` strategy or ``"default"`` / ``"mirrored"`` / ``"multi_worker"``.
     Returns:
         :class:`ThemeRoiTraining`; the model holds the selected weights.
     """
+    from ku import distribute as _dist
     from ku.losses import EMDLoss
-    from ku.training import ValidationCorrelation, _read_history
+    from ku.training import ResumableBackup, ValidationCorrelation, _read_history, backup_epoch
 
     if select not in ("last", "best"):
         raise ValueError(f"train_theme_roi: select must be 'last' or 'best', got {select!r}")
+    strategy = _dist.get_strategy(strategy)
+    strategy = None if _dist.is_default(strategy) else strategy
     run_dir = Path(run_dir)
-    if not resume and run_dir.exists():
+    if not resume and run_dir.exists() and _dist.is_chief(strategy):
         for p in ("history.csv", "best.weights.h5", "final.weights.h5", "run.json"):
             if (run_dir / p).exists():
                 (run_dir / p).unlink()
         if (run_dir / "backup").exists():
             shutil.rmtree(run_dir / "backup")
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "run.json", "w", encoding="utf-8") as f:
-        json.dump({"epochs": epochs, "learning_rate": learning_rate, "momentum": momentum,
-                   "weight_decay": weight_decay, "fc_multiplier": fc_multiplier,
-                   "halve_every": halve_every, "model": model.name}, f, indent=1)
-
-    schedule = jia_lr_schedule(learning_rate, 0.5, halve_every)
-    model.compile(optimizer=jia_optimizer(learning_rate, momentum, weight_decay, fc_multiplier),
-                  loss=loss or EMDLoss(r=2))
-    if hasattr(model, "_initial_epoch"):
-        model._initial_epoch = None
-    best = run_dir / "best.weights.h5"
-    cbs = []
-    if validation_data is not None:
-        cbs.append(ValidationCorrelation(validation_data))
-        cbs.append(keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
-                                                   save_weights_only=True))
-    cbs += [keras.callbacks.LearningRateScheduler(schedule), *callbacks,
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False)]
+    _, write_dir, finish = _dist.worker_run_dir(run_dir, strategy, resume)
     try:
-        with warnings.catch_warnings():
-            # datasets with ignore_errors() have unknown cardinality: Keras warns at every epoch end
-            warnings.filterwarnings("ignore", message=".*ran out of data.*")
-            hist = model.fit(train_data, validation_data=validation_data, epochs=int(epochs),
-                             callbacks=cbs, verbose=verbose, shuffle=False)
-    finally:
+        with open(write_dir / "run.json", "w", encoding="utf-8") as f:
+            json.dump({"epochs": epochs, "learning_rate": learning_rate, "momentum": momentum,
+                       "weight_decay": weight_decay, "fc_multiplier": fc_multiplier,
+                       "halve_every": halve_every, "model": model.name,
+                       "replicas": _dist.num_replicas(strategy)}, f, indent=1)
+        if strategy is not None:
+            _dist.all_workers_agree(strategy, backup_epoch(write_dir / "backup") if resume else 0,
+                                    "the epoch to resume from")
+            train_data = _dist.distribute_input(train_data, strategy)
+
+        schedule = jia_lr_schedule(learning_rate, 0.5, halve_every)
+        _dist.prepare_model(model, strategy)
+        with _dist.scope(strategy):  # optimizer variables mirrored too
+            model.compile(optimizer=jia_optimizer(learning_rate, momentum, weight_decay, fc_multiplier),
+                          loss=loss or EMDLoss(r=2))
         if hasattr(model, "_initial_epoch"):
             model._initial_epoch = None
-    final = run_dir / "final.weights.h5"
-    model.save_weights(str(final))
-    if select == "best" and best.exists():
-        model.load_weights(str(best))
-    return ThemeRoiTraining(history=_read_history(run_dir / "history.csv"),
-                            epochs_run=len(hist.epoch) if hist is not None else 0, run_dir=run_dir,
-                            final_weights=final, best_weights=best if best.exists() else None,
+        best = write_dir / "best.weights.h5"
+        cbs = [_dist.SyncBatchStatistics(strategy)] if strategy is not None else []
+        if validation_data is not None:
+            cbs.append(ValidationCorrelation(validation_data))  # predicts locally on every worker
+            cbs.append(keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
+                                                       save_weights_only=True))
+        csv_logger = keras.callbacks.CSVLogger(str(write_dir / "history.csv"), append=True)
+        cbs += [keras.callbacks.LearningRateScheduler(schedule), *callbacks, csv_logger,
+                ResumableBackup(write_dir / "backup")]
+        val = _dist.distribute_input(validation_data, strategy) if strategy is not None else validation_data
+        try:
+            with warnings.catch_warnings():
+                # datasets with ignore_errors() have unknown cardinality: Keras warns at every epoch end
+                warnings.filterwarnings("ignore", message=".*ran out of data.*")
+                hist = model.fit(train_data, validation_data=val, epochs=int(epochs),
+                                 callbacks=cbs, verbose=verbose, shuffle=False)
+        finally:
+            f = getattr(csv_logger, "csv_file", None)
+            if f is not None and not f.closed:
+                f.close()
+            if hasattr(model, "_initial_epoch"):
+                model._initial_epoch = None
+        model.save_weights(str(write_dir / "final.weights.h5"))
+        if select == "best" and best.exists():
+            model.load_weights(str(best))
+        history = _read_history(write_dir / "history.csv")
+    finally:
+        finish(None)  # a non-chief worker's temporary copy
+    best = run_dir / "best.weights.h5"
+    return ThemeRoiTraining(history=history, epochs_run=len(hist.epoch) if hist is not None else 0, run_dir=run_dir,
+                            final_weights=run_dir / "final.weights.h5", best_weights=best if best.exists() else None,
                             learning_rates=[schedule(e) for e in range(int(epochs))])
 
 
@@ -367,7 +397,9 @@ def predict_views(model, ids, *, mode="pad_roi", canvas=800, augment="flip_crop"
     n_views = n_test_views(mode, augment, n_random)
     ds = evaluation_views(ids, mode=mode, canvas=canvas, augment=augment, batch_size=batch_size, seed=seed,
                     theme=theme, n_random=n_random, log_resized=log_resized)
-    p = np.asarray(model.predict(ds, verbose=verbose), dtype=np.float64)
+    from ku.distribute import predict_locally
+
+    p = np.asarray(predict_locally(model, ds, verbose=verbose), dtype=np.float64)
     if p.shape[0] != len(ids) * n_views:
         raise RuntimeError(f"predict_views: got {p.shape[0]} predictions for {len(ids)} images x {n_views} views")
     return p.reshape(len(ids), n_views, -1).mean(axis=1)
