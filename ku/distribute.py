@@ -90,6 +90,7 @@ __all__ = [
     "distribute_input",
     "all_workers_agree",
     "barrier",
+    "check_optimizer",
     "predict_locally",
     "sync_non_trainable",
     "SyncBatchStatistics",
@@ -400,6 +401,20 @@ def distribute_input(data, strategy):
             "MultiWorkerMirroredStrategy; pass a ku FeatureSequence (converted automatically) or "
             "a tf.data.Dataset (e.g. ku.data.generators.feature_dataset)")
     return data
+
+
+def check_optimizer(optimizer, strategy) -> None:
+    """Raise ``ValueError`` for an optimizer Keras 3 cannot run under ``strategy``: gradient
+    accumulation (``gradient_accumulation_steps``) fails inside ``tf.distribute`` replicas
+    (``merge_call`` inside the optimizer's ``ops.cond``; Keras 3.15). The distributed equivalent
+    is a larger *global* batch: the replicas together form it (e.g. the paper's 128 on 8 GPUs =
+    16 each, no accumulation)."""
+    steps = getattr(optimizer, "gradient_accumulation_steps", None)
+    if not is_default(strategy) and steps and int(steps) > 1:
+        raise ValueError(
+            f"gradient accumulation ({int(steps)} steps) does not run under tf.distribute in Keras 3 "
+            f"({type(strategy).__name__}); instead make the global batch size {int(steps)}x larger "
+            "(--batch_size is split between the replicas) and turn accumulation off (--accumulate=1)")
 
 
 def barrier(strategy) -> None:

@@ -945,6 +945,7 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
     with _dist.scope(strategy):  # optimizer variables must be mirrored too
         if optimizer is None:
             optimizer = keras.optimizers.Adam(learning_rate=lr0)
+        _dist.check_optimizer(optimizer, strategy)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     if hasattr(model, "_initial_epoch"):
         model._initial_epoch = None  # left set by an earlier BackupAndRestore on this model object
@@ -1126,6 +1127,7 @@ def fit_aspect_batches(model, train_ids, train_targets, validation_ids=None, val
     with _dist.scope(strategy):  # optimizer variables mirrored too
         opt = optimizer() if callable(optimizer) and not isinstance(optimizer, keras.optimizers.Optimizer) \
             else optimizer
+        _dist.check_optimizer(opt, strategy)
         model.compile(optimizer=opt, loss=loss)
     if hasattr(model, "_initial_epoch"):
         model._initial_epoch = None

@@ -38,10 +38,12 @@ flags.DEFINE_enum("variant", "dist", ["dist", "dist_eucl", "mean"], "Table 1 var
                   "loss on 10 bins (eq. 1, sigma 3), dist_eucl = Euclidean loss, mean = 1 output.")
 flags.DEFINE_integer("shorter_side", None, "Resize so the shorter side is this many pixels, aspect "
                      "kept (paper 3.4: 500; demo default 128 so that it runs on a CPU).")
-flags.DEFINE_integer("batch_size", 16, "Images per batch, over all replicas (batches group similar "
-                     "aspect ratios).")
-flags.DEFINE_integer("accumulate", None, "Gradient accumulation steps (paper batch 128 = 16 x 8; "
-                     "default 8 on AVA, 1 on the demo).")
+flags.DEFINE_integer("batch_size", None, "Images per batch, over all replicas (batches group "
+                     "similar aspect ratios). Default 16 (with --accumulate 8 on AVA = the paper's "
+                     "128); with --strategy mirrored/multi_worker on AVA: 128, split between replicas.")
+flags.DEFINE_integer("accumulate", None, "Gradient accumulation steps (paper 3.4 batch 128 = 16 x 8 "
+                     "on one device; default 8 on AVA, 1 on the demo and under --strategy "
+                     "mirrored/multi_worker, where Keras 3 cannot accumulate: raise --batch_size instead).")
 flags.DEFINE_integer("epochs", None, "Aesthetic training epochs (default 30 on AVA, 2 on the demo).")
 flags.DEFINE_float("learning_rate", 1e-3, "SGD learning rate (paper 3.4: 1e-3).")
 flags.DEFINE_integer("decay_steps", 20000, "Divide the learning rate by 10 every this many "
@@ -96,7 +98,14 @@ def main(argv):
     data_name = "demo" if demo else "ava"
     shorter = FLAGS.shorter_side or (128 if demo else 500)
     epochs = FLAGS.epochs if FLAGS.epochs is not None else (2 if demo else 30)
-    accumulate = FLAGS.accumulate or (1 if demo else 8)
+    distributed = FLAGS.strategy != "default"
+    if distributed and FLAGS.accumulate and FLAGS.accumulate > 1:
+        raise SystemExit(f"error: --accumulate={FLAGS.accumulate} with --strategy={FLAGS.strategy}: "
+                         "Keras 3 cannot accumulate gradients under tf.distribute; make --batch_size "
+                         f"{FLAGS.accumulate}x larger instead (it is the global batch, split between "
+                         "the replicas) and drop --accumulate")
+    accumulate = FLAGS.accumulate or (1 if demo or distributed else 8)
+    batch_size = FLAGS.batch_size or (128 if distributed and not demo else 16)
     sem_epochs = FLAGS.semantic_epochs if FLAGS.semantic_epochs is not None else (0 if demo else 3)
     m_epochs = FLAGS.apm_m_epochs if FLAGS.apm_m_epochs is not None else (0 if demo else 5)
     if FLAGS.variant == "mean" and m_epochs:
@@ -118,12 +127,14 @@ def main(argv):
     # only the chief writes --work_dir; another worker writes a temporary copy (deleted at the end)
     out_dir, cleanup = distribute.worker_dir(work, strategy)
     try:
-        run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, sem_epochs, m_epochs)
+        run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, accumulate, sem_epochs,
+            m_epochs)
     finally:
         cleanup()
 
 
-def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, sem_epochs, m_epochs):
+def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, accumulate, sem_epochs,
+            m_epochs):
     """The stages; ``work``: the run's folder, ``out_dir``: where this worker writes (``work`` on
     the chief, a temporary folder on the other workers)."""
     import keras
@@ -159,7 +170,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, s
     n_params = model.count_params()
     print(f"{model.name}: {n_params:,} parameters, SPP vector "
           f"{model.get_layer('apm_spp').output.shape[-1]:,}-d, masking {'on' if FLAGS.masked else 'off'}"
-          + (f"; {strategy.num_replicas_in_sync} replicas, global batch {FLAGS.batch_size}"
+          + (f"; {strategy.num_replicas_in_sync} replicas, global batch {batch_size}"
              if not distribute.is_default(strategy) else ""))
 
     def optimizer(lr, multipliers=None):  # a factory: fit creates it under the strategy's scope
@@ -189,7 +200,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, s
         with distribute.scope(strategy):
             student = semantic.student_model(FLAGS.backbone, weights, masked=FLAGS.masked)
         semantic.train_student(student, parts["training"], targets, shorter_side=shorter,
-                               batch_size=FLAGS.batch_size, epochs=sem_epochs, seed=FLAGS.seed,
+                               batch_size=batch_size, epochs=sem_epochs, seed=FLAGS.seed,
                                optimizer=optimizer(FLAGS.learning_rate), run_dir=work / "semantic",
                                **fit_kw)
         n = apm.copy_backbone_weights(student, model)
@@ -202,7 +213,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, s
     y_train = apm.apm_targets(parts["training"], FLAGS.variant)
     apm.init_output_bias(model, y_train.mean(axis=0))
     apm.fit_apm(model, parts["training"], parts["validation"], variant=FLAGS.variant,
-                shorter_side=shorter, batch_size=FLAGS.batch_size, epochs=epochs,
+                shorter_side=shorter, batch_size=batch_size, epochs=epochs,
                 optimizer=optimizer(FLAGS.learning_rate), seed=FLAGS.seed, run_dir=work / "train", **fit_kw)
     history = pd.read_csv(out_dir / "train" / "history.csv") if chief else pd.DataFrame()
     seconds["train"] = time.time() - t
@@ -218,14 +229,14 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, s
             model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
         apm.init_output_bias(model_m, y_train.mean(axis=0))
         apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
-                    batch_size=FLAGS.batch_size, epochs=m_epochs, seed=FLAGS.seed + 1,
+                    batch_size=batch_size, epochs=m_epochs, seed=FLAGS.seed + 1,
                     optimizer=optimizer(FLAGS.learning_rate / 10, {apm.new_layer_pattern(): 10.0}),
                     run_dir=work / "apm_m", **fit_kw)
         if chief:
             hist_m = pd.read_csv(out_dir / "apm_m" / "history.csv")
             history = pd.concat([history, hist_m.add_prefix("apm_m_")], axis=1)
         model = model_m
-        val_out, _ = apm.predict_batches(model, aspect_batches(parts["validation"], FLAGS.batch_size,
+        val_out, _ = apm.predict_batches(model, aspect_batches(parts["validation"], batch_size,
                                                                shorter_side=shorter))
         fusion_weight, _ = apm.fit_fusion_weight(val_out["distribution"], val_out["max_distribution"],
                                                  apm.apm_targets(parts["validation"]),
@@ -240,7 +251,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, accumulate, s
 
     # ---- test (section 4)
     t = time.time()
-    test = aspect_batches(parts["test"], FLAGS.batch_size, shorter_side=shorter)
+    test = aspect_batches(parts["test"], batch_size, shorter_side=shorter)
     out, rows = apm.predict_batches(model, test)
     test_ids = test.ids.iloc[rows].reset_index(drop=True)
     dist_true = apm.apm_targets(test_ids, "dist")

@@ -11,8 +11,8 @@ import pytest
 
 from ku.data.generators import FeatureSequence, feature_dataset
 from ku.data.store import FeatureStore, shard_bounds, shard_path
-from ku.distribute import (StrategyConfigError, get_strategy, loopback_tf_configs, per_replica_batch_size,
-                           read_tf_config)
+from ku.distribute import (StrategyConfigError, check_optimizer, get_strategy, loopback_tf_configs,
+                           per_replica_batch_size, read_tf_config)
 from loopback import read_weights, start, wait_all, worker_env
 
 FEATURE_SHAPE = (3, 3, 16)  # tiny "wide" features (Pool-3FC takes (H, W, C))
@@ -62,6 +62,20 @@ def test_global_batch_size():
     assert per_replica_batch_size(9, Two()) == 5  # slices of 5 and 4
     with pytest.raises(ValueError, match="global batch size 1 is smaller than the number of replicas"):
         per_replica_batch_size(1, Two())
+
+
+def test_gradient_accumulation_is_refused_under_a_strategy():
+    """Keras 3 gradient accumulation dies inside tf.distribute replicas (merge_call in a cond):
+    check_optimizer says so up front, and lets everything else through."""
+    import keras
+
+    mirrored = get_strategy("mirrored")
+    accumulating = keras.optimizers.Adam(1e-3, gradient_accumulation_steps=4)
+    with pytest.raises(ValueError, match=r"gradient accumulation \(4 steps\).*4x larger"):
+        check_optimizer(accumulating, mirrored)
+    check_optimizer(accumulating, None)  # one device: fine
+    check_optimizer(accumulating, get_strategy("default"))
+    check_optimizer(keras.optimizers.Adam(1e-3), mirrored)
 
 
 # ---------------------------------------------------------------------------------------------

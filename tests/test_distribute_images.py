@@ -225,3 +225,12 @@ def test_multi_worker_without_tf_config_is_a_clear_error(name, tmp_path):
                        text=True, timeout=120)
     assert r.returncode != 0
     assert "needs the environment variable TF_CONFIG" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_train_apm_refuses_accumulation_under_a_strategy(tmp_path):
+    r = subprocess.run([sys.executable, ROOT / "scripts" / "train_apm.py", "--strategy=mirrored", "--accumulate=8",
+                        f"--work_dir={tmp_path / 'w'}"], cwd=ROOT, env=worker_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    assert "--accumulate=8 with --strategy=mirrored" in r.stderr and "8x larger" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
