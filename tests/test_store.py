@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ku.data.store import (
+    check_same_layout,
     FeatureStore,
     FeatureStoreError,
     IncompleteRowsError,
@@ -186,3 +187,25 @@ def test_merge(tmp_path):
         merge_stores([tmp_path / "full.h5", tmp_path / "full.h5"], tmp_path / "bad.h5")
     with pytest.raises(ValueError, match="shard"):
         shard_bounds(5, (3, 3))
+
+
+def test_check_same_layout_names_what_differs(tmp_path):
+    """The one compatibility rule of merge_stores and ShardedStore: attributes (minus ``ignore``),
+    dtype, feature shape and augmentation count."""
+    def make(name, attrs, dtype="float16", fs=FS, a=A):
+        return FeatureStore.create(tmp_path / name, ["i"], a, fs, attrs=attrs, dtype=dtype)
+
+    with make("ref.h5", {"pooling": "wide", "shard": [0, 2]}) as ref:
+        with make("ok.h5", {"pooling": "wide", "shard": [1, 2]}) as s:
+            check_same_layout(s, ref)  # only the shard attribute differs
+            with pytest.raises(FeatureStoreError, match=r"ok\.h5 does not match .*shard"):
+                check_same_layout(s, ref, ignore=())
+        with make("f32.h5", {"pooling": "wide"}, dtype="float32") as s:
+            with pytest.raises(FeatureStoreError, match=r"merge_stores: .*f32\.h5 does not match .*dtype: f32\.h5='float32' ref\.h5='float16'"):
+                check_same_layout(s, ref, context="merge_stores: ")
+        with make("fs.h5", {"pooling": "wide"}, fs=(1, 1, 3)) as s:
+            with pytest.raises(FeatureStoreError, match=r"feature_shape: fs\.h5=\[1, 1, 3\]"):
+                check_same_layout(s, ref)
+        with make("aug.h5", {"pooling": "wide"}, a=1) as s:
+            with pytest.raises(FeatureStoreError, match="n_augmentations: aug.h5=1 ref.h5=8"):
+                check_same_layout(s, ref)

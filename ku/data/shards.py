@@ -30,6 +30,7 @@ import glob
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -41,9 +42,8 @@ from ku.data.store import (
     IncompleteRowsError,
     MissingIdsError,
     check_rows,
-    _describe_diff,
+    check_same_layout,
     _preview,
-    diff_attrs,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,15 +137,8 @@ class ShardedStore:
                               "ids": np.asarray(s.ids, dtype=object), "complete": s.complete_mask()})
         metas = self._order(metas)
         ref = metas[0]
-        for m in metas[1:]:
-            bad = diff_attrs(ref["attrs"], m["attrs"], ignore=SHARD_ATTRS + ("ku_version",))
-            if bad:
-                raise FeatureStoreError(
-                    f"{m['path']} does not match {ref['path']}: "
-                    + _describe_diff(m["attrs"], ref["attrs"], bad, m["path"].name, ref["path"].name))
-            if (m["dtype"], m["feature_shape"], m["n_augmentations"]) != (
-                    ref["dtype"], ref["feature_shape"], ref["n_augmentations"]):
-                raise FeatureStoreError(f"{m['path']} has a different layout than {ref['path']}")
+        for m in metas[1:]:  # shards of one extraction may come from different ku versions
+            check_same_layout(SimpleNamespace(**m), SimpleNamespace(**ref), ignore=SHARD_ATTRS + ("ku_version",))
         self.paths = tuple(m["path"] for m in metas)
         self.path = self.paths[0].parent / f"{{{', '.join(p.name for p in self.paths[:3])}" \
             f"{', ...' if len(self.paths) > 3 else ''}}}"  # for messages: "dir/{a.h5, b.h5, ...}"

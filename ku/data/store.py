@@ -56,6 +56,7 @@ __all__ = [
     "IncompleteRowsError",
     "MissingIdsError",
     "check_rows",
+    "check_same_layout",
     "merge_stores",
     "shard_path",
     "shard_bounds",
@@ -156,6 +157,27 @@ def _describe_diff(a: Mapping, b: Mapping, keys: Sequence[str], name_a="file", n
         va, vb = repr(a.get(k, "<missing>")), repr(b.get(k, "<missing>"))
         parts.append(f"{k}: {name_a}={va[:80]} {name_b}={vb[:80]}")
     return "; ".join(parts) + (f"; ... ({len(keys)} keys differ)" if len(keys) > 6 else "")
+
+
+def check_same_layout(store, ref, ignore: Iterable[str] = SHARD_ATTRS, context: str = "") -> None:
+    """Raise :class:`FeatureStoreError` unless ``store`` holds the same kind of features as ``ref``.
+
+    Both are :class:`FeatureStore` objects, or anything with ``path``, ``attrs``, ``dtype``,
+    ``feature_shape`` and ``n_augmentations``. The same kind means: equal attributes except
+    ``ignore`` (shards differ in ``shard``), equal dtype, feature shape and augmentation count.
+    ``context`` starts the message (e.g. ``"merge_stores: "``).
+    """
+    bad = diff_attrs(ref.attrs, store.attrs, ignore=ignore)
+    if bad:
+        raise FeatureStoreError(f"{context}{store.path} does not match {ref.path}: "
+                                + _describe_diff(store.attrs, ref.attrs, bad, Path(store.path).name,
+                                                 Path(ref.path).name))
+    if (store.dtype, store.feature_shape, store.n_augmentations) != (ref.dtype, ref.feature_shape,
+                                                                     ref.n_augmentations):
+        raise FeatureStoreError(f"{context}{store.path} has a different layout than {ref.path}: dtype "
+                                f"{store.dtype} vs {ref.dtype}, features {store.feature_shape} vs "
+                                f"{ref.feature_shape}, {store.n_augmentations} vs {ref.n_augmentations} "
+                                "augmentations")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,12 +688,7 @@ def merge_stores(paths: Sequence, out_path, overwrite: bool = False, block_bytes
     try:
         ref = stores[0]
         for s in stores[1:]:
-            bad = diff_attrs(ref.attrs, s.attrs, ignore=SHARD_ATTRS)
-            if bad:
-                raise FeatureStoreError(
-                    f"merge_stores: {s.path} does not match {ref.path}: " + _describe_diff(s.attrs, ref.attrs, bad, s.path.name, ref.path.name))
-            if s.dtype != ref.dtype or s.feature_shape != ref.feature_shape or s.n_augmentations != ref.n_augmentations:
-                raise FeatureStoreError(f"merge_stores: {s.path} has a different layout than {ref.path}")
+            check_same_layout(s, ref, context="merge_stores: ")
         shards = [s.attrs.get("shard") for s in stores]
         if any(x is not None for x in shards):
             n = len(stores)
