@@ -228,6 +228,30 @@ def test_max_gradient_goes_to_argmax():
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_max_gradient_on_ties_goes_to_the_first_maximum():
+    """Integer features (ties everywhere, like ReLU zeros): each bin's gradient goes to exactly
+    one cell, the first maximum per axis as documented: the leftmost column holding the bin's
+    max, and in it the topmost row holding it (rows are pooled first, then columns)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, size=(2, 12, 10, 2)).astype(np.float32)
+    boxes = np.array([[[0, 0, 11, 9], [2, 1, 8, 6]], [[1, 3, 10, 9], [0, 0, 1, 2]]], np.float32)
+    w = rng.uniform(1, 2, size=(2, 2, 4, 3, 2)).astype(np.float32)
+    layer = RoiPooling2D((4, 3), 1.0)
+    g = _grad(layer, x, boxes, w)
+    ref = np.zeros_like(x, dtype=np.float64)
+    for b, k, i, j, c in np.ndindex(w.shape):
+        y1, x1, y2, x2 = boxes[b, k].astype(int)
+        rh, rw = y2 - y1 + 1, x2 - x1 + 1
+        hs, he = y1 + math.floor(i * rh / 4), y1 + math.ceil((i + 1) * rh / 4)
+        ws, we = x1 + math.floor(j * rw / 3), x1 + math.ceil((j + 1) * rw / 3)
+        region = x[b, hs:he, ws:we, c]
+        q = int(np.argmax(region.max(axis=0)))  # first column holding the max
+        r = int(np.argmax(region[:, q]))          # first row of that column holding it
+        ref[b, hs + r, ws + q, c] += w[b, k, i, j, c]
+    assert (x[0, :, :, 0] == x[0, :, :, 0].max()).sum() > 10  # plenty of ties
+    np.testing.assert_allclose(g, ref, rtol=1e-6)
+
+
 @pytest.mark.parametrize("layer", [RoiPooling2D((3, 4), 1.0), RoiPooling2D((3, 4), 1.0, mode="average"),
                                    RoiAlign2D((3, 4), 1.0, sampling_ratio=2),
                                    RoiAlign2D((3, 3), 0.5, sampling_ratio=3, aligned=True)])

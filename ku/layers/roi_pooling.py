@@ -122,41 +122,42 @@ def _flatten_boxes(boxes, cls):
     return flat, bidx, k
 
 
-def _expand_to(mask, rank):
-    """Append singleton axes to ``mask`` until it has ``rank`` dimensions."""
-    for _ in range(rank - len(mask.shape)):
-        mask = ops.expand_dims(mask, -1)
-    return mask
+def _pool_windows(gather, lo, hi, length, mode, mask_axes):
+    """Max / mean over the windows ``[lo, hi)`` of one axis, as a running reduction over the
+    offsets ``j = 0 .. k - 1`` (``k`` = the longest window of the batch, dynamic).
 
-
-def _reduce_windows(g, valid, empty, axis, mode):
-    """Max / mean of ``g`` over ``axis`` where ``valid``; ``empty`` windows give 0.
-
-    Max routes its gradient to one argmax (the first maximum of the window), like the Fast R-CNN
-    operator, instead of splitting it between ties as ``reduce_max`` would.
+    ``gather(pos)`` takes ``(R, n)`` positions and returns the ``(R, ...)`` slices at them;
+    ``mask_axes`` are the axes at which ``(R, n)`` masks gain singleton dimensions to broadcast
+    against those slices. Each step gathers one position of every window and folds it into the
+    accumulator, so no ``(R, n, k, ...)`` tensor is built and the max gradient is
+    ``tf.maximum``'s: it goes to the accumulator on ties, i.e. to the *first* maximum of the
+    window, like the Fast R-CNN operator (``reduce_max`` would split it between ties). Empty
+    windows (``lo >= hi``) give 0.
     """
-    rank = len(g.shape)
-    vmask = _expand_to(valid, rank)
-    emask = _expand_to(empty, rank - 1)
+    import tensorflow as tf
+
+    width = tf.maximum(hi - lo, 0)
+    kmax = tf.maximum(tf.reduce_max(width), 1)
+    last = tf.maximum(tf.cast(length, "int32") - 1, 0)
+
+    def expand(mask):
+        for axis in mask_axes:
+            mask = tf.expand_dims(mask, axis)
+        return mask
+
+    def term(j):
+        g = gather(tf.clip_by_value(lo + j, 0, last))
+        fill = tf.constant(float("-inf") if mode == "max" else 0.0, g.dtype)
+        return tf.where(expand(j < width), g, fill)
+
+    def body(j, acc):
+        g = term(j)
+        return j + 1, tf.maximum(acc, g) if mode == "max" else acc + g
+
+    _, acc = tf.while_loop(lambda j, _: j < kmax, body, (tf.constant(1), term(0)))
     if mode == "max":
-        masked = ops.where(vmask, g, ops.full_like(g, float("-inf")))
-        idx = ops.argmax(ops.stop_gradient(masked), axis=axis)
-        out = ops.squeeze(ops.take_along_axis(masked, ops.expand_dims(idx, axis), axis=axis), axis)
-        return ops.where(emask, ops.zeros_like(out), out)
-    total = ops.sum(ops.where(vmask, g, ops.zeros_like(g)), axis=axis)
-    count = ops.cast(ops.maximum(ops.sum(ops.cast(valid, "int32"), axis=-1), 1), total.dtype)
-    return ops.where(emask, ops.zeros_like(total), total / _expand_to(count, rank - 1))
-
-
-def _windows(lo, hi, length):
-    """Indices ``(R, n, k)`` of the ``k`` (longest window of the batch) positions of every window
-    ``[lo, hi)``, clipped into ``[0, length)``, their validity and the empty-window mask."""
-    width = ops.maximum(hi - lo, 0)
-    kmax = ops.maximum(ops.max(width), 1)  # dynamic
-    pos = lo[:, :, None] + ops.arange(kmax, dtype="int32")[None, None, :]
-    valid = pos < hi[:, :, None]
-    pos = ops.clip(pos, 0, ops.maximum(ops.cast(length, "int32") - 1, 0))
-    return pos, valid, width <= 0
+        return tf.where(expand(width > 0), acc, tf.zeros_like(acc))
+    return acc / tf.cast(expand(tf.maximum(width, 1)), acc.dtype)
 
 
 @keras.saving.register_keras_serializable(package="ku")
@@ -180,9 +181,10 @@ class RoiPooling2D(keras.layers.Layer):
     Inception-v3's ``MaxPooling2D(3, strides=2)``.
 
     Computation: the pooling is separable (a bin is a rectangle), so rows are pooled first and
-    columns second, each with one gather of the ``k`` rows of every window (``k`` = the longest
-    window in the batch, ``ceil(rho) + 1``) and a reduction; memory ~``n * k / H`` (about 1.5 for
-    397 -> 146) times the feature map.
+    columns second, each as a running max (or sum) over the ``k`` positions of the windows (``k``
+    = the longest window in the batch, ``ceil(rho) + 1``): ``k`` gathers of one row (column) of
+    every window, no ``(R, n, k, ...)`` intermediate. The backward pass keeps the ``k`` gathered
+    slices, ~``n * k / H`` (about 1.5 for 397 -> 146) times the feature map.
 
     Inputs: ``[features, boxes]``: ``features (B, H, W, C)``; ``boxes (B, 4)`` or ``(B, K, 4)``
     (float or int, ``(y1, x1, y2, x2)``).
@@ -224,15 +226,17 @@ class RoiPooling2D(keras.layers.Layer):
         h, w = shape[1], shape[2]
         hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], oh, h)         # eqs. 2-3
         wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], ow, w)
-        # rows: gather the k rows of every row window of every box -> (R, oh, k, W, C)
-        pos, valid, empty = _windows(hlo, hhi, h)
-        src = ops.broadcast_to(bidx[:, None, None], ops.shape(pos))
-        g = tf.gather_nd(x, ops.stack([src, pos], axis=-1))
-        rows = _reduce_windows(g, valid, empty, 2, self.mode)                # (R, oh, W, C)
-        # columns: (R, oh, ow, k, C)
-        pos, valid, empty = _windows(wlo, whi, w)
-        g = tf.gather(rows, pos, axis=2, batch_dims=1)
-        out = _reduce_windows(g, valid[:, None], empty[:, None], 3, self.mode)   # (R, oh, ow, C)
+        # rows: (R, oh, W, C), one gathered row of every window per step
+        if k is None:  # one box per image: box r is image r
+            rows = _pool_windows(lambda pos: tf.gather(x, pos, axis=1, batch_dims=1), hlo, hhi, h,
+                                 self.mode, (-1, -1))
+        else:
+            src = ops.broadcast_to(bidx[:, None], ops.shape(hlo))
+            rows = _pool_windows(lambda pos: tf.gather_nd(x, ops.stack([src, pos], axis=-1)), hlo, hhi,
+                                 h, self.mode, (-1, -1))
+        # columns: (R, oh, ow, C)
+        out = _pool_windows(lambda pos: tf.gather(rows, pos, axis=2, batch_dims=1), wlo, whi, w,
+                            self.mode, (1, -1))
         if k is not None:
             out = ops.reshape(out, (-1, k, oh, ow, x.shape[-1] if x.shape[-1] is not None
                                     else shape[3]))
