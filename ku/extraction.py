@@ -393,15 +393,17 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
 
     bar = keras.utils.Progbar(len(pending), stateful_metrics=["images/s", "failed"],
                               verbose=1 if progress else 0, unit_name="image")
-    buf_rows, buf_feats = [], []
+    buf_rows = []
+    # features of the rows since the last flush, written in place in the store's dtype (no
+    # per-image stack, no stack of the buffer, no cast at write time: ~10% of the time at 2 cores)
+    buf = np.empty((max(1, int(flush_every)), store.n_augmentations) + tuple(store.feature_shape), store.dtype)
     consecutive_errors = 0
     t0 = time.perf_counter()
 
     def flush():
         if buf_rows:
-            store.write_rows(np.asarray(buf_rows), np.stack(buf_feats))
+            store.write_rows(np.asarray(buf_rows), buf[: len(buf_rows)])
             buf_rows.clear()
-            buf_feats.clear()
 
     def load(row):
         try:
@@ -437,7 +439,7 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
                 fail(row, "reading", err)
             else:
                 try:
-                    feats = _extract_one(image, augs, infer, batch_size, crop_fraction)
+                    _extract_one(image, augs, infer, batch_size, crop_fraction, out=buf[len(buf_rows)])
                     consecutive_errors = 0
                 except Exception as e:
                     consecutive_errors += 1
@@ -448,9 +450,8 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
                             f"{paths[row]}: {e}") from e
                 else:
                     buf_rows.append(row)
-                    buf_feats.append(feats)
                     report.n_done += 1
-                    if len(buf_rows) >= flush_every:
+                    if len(buf_rows) >= len(buf):
                         flush()
             elapsed = time.perf_counter() - t0
             values = [("images/s", report.n_done / elapsed if elapsed > 0 else 0.0)]
@@ -464,16 +465,22 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _extract_one(image, augs, infer, batch_size, crop_fraction) -> np.ndarray:
+def _extract_one(image, augs, infer, batch_size, crop_fraction, out=None) -> np.ndarray:
+    """Features ``(A, *feature_shape)`` of every augmentation of ``image``; written into ``out``
+    (cast to its dtype) when given, else into a new float32 array."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"reader returned {image.dtype} {image.shape}, expected uint8 (H, W, 3)")
-    out = [None] * len(augs)
     for _, items in _group_by_size(image, augs, crop_fraction).items():
         step = len(items) if batch_size is None else int(batch_size)
         for i in range(0, len(items), step):
             chunk = items[i : i + step]
             y = infer(np.stack([arr for _, arr in chunk]))
+            if out is None:
+                out = np.empty((len(augs),) + y.shape[1:], np.float32)
+            if y.shape[1:] != out.shape[1:]:
+                raise ValueError(f"the extractor gave features of shape {y.shape[1:]}, the store holds "
+                                 f"{out.shape[1:]}")
             for (j, _), f in zip(chunk, y):
                 out[j] = f
-    return np.stack(out)
+    return out
