@@ -20,8 +20,9 @@ per image ``(B, 4)`` or ``K`` boxes per image ``(B, K, 4)``.
   covers ``[i, i + 1)`` (an ``h x w`` image is ``(0, 0, h, w)``, ``convention="continuous"``).
 
 Both are built from gathers and reductions on dynamic shapes (no loop over the batch, boxes or
-bins), work with ``None`` batch/spatial sizes inside ``tf.function`` and SavedModels, and are
-differentiable with respect to the feature map.
+bins; ROI pooling only steps over the ``k ~ ceil(rho) + 1`` positions of a window in a
+``tf.while_loop``), work with ``None`` batch/spatial sizes inside ``tf.function`` and SavedModels,
+and are differentiable with respect to the feature map.
 """
 from __future__ import annotations
 
