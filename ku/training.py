@@ -841,6 +841,22 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                     v.assign(s)
 
 
+def _clear_resume_epoch(model) -> None:
+    """Forget the epoch that ResumableBackup (or Keras' BackupAndRestore) left set on ``model``;
+    else a later plain ``model.fit()`` on the same object would start at that epoch."""
+    if hasattr(model, "_initial_epoch"):
+        model._initial_epoch = None
+
+
+def _end_fit(model, csv_logger=None) -> None:
+    """After ``fit``, also an interrupted one: close ``csv_logger``'s file (an interrupted ``fit``
+    never calls ``CSVLogger.on_train_end``) and clear the resume epoch."""
+    f = getattr(csv_logger, "csv_file", None)
+    if f is not None and not f.closed:
+        f.close()
+    _clear_resume_epoch(model)
+
+
 def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_rate=None,
           schedule=None, max_epochs: int = 60, resume: bool = True, verbose: int = 1, callbacks=(),
           metrics=None, batch_size: int | None = None, validation_batch_size: int | None = None,
@@ -947,8 +963,7 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
             optimizer = keras.optimizers.Adam(learning_rate=lr0)
         _dist.check_optimizer(optimizer, strategy)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    if hasattr(model, "_initial_epoch"):
-        model._initial_epoch = None  # left set by an earlier BackupAndRestore on this model object
+    _clear_resume_epoch(model)
 
     def result(epochs_run):
         st = schedule.get_state() if schedule._state is not None else read_schedule_state(schedule.state_path) or {}
@@ -1005,12 +1020,8 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
                          validation_data=val_for_fit,
                          validation_batch_size=validation_batch_size if isinstance(val_for_fit, tuple) else None,
                          shuffle=shuffle, callbacks=cbs, verbose=verbose, **fit_kwargs)
-    finally:  # an interrupted fit() never calls CSVLogger.on_train_end
-        f = getattr(csv_logger, "csv_file", None)
-        if f is not None and not f.closed:
-            f.close()
-        if hasattr(model, "_initial_epoch"):
-            model._initial_epoch = None  # else a later plain model.fit() would start at this epoch
+    finally:
+        _end_fit(model, csv_logger)
     epochs_run = len(hist.epoch) if hist is not None else 0
     return _finish(result(epochs_run))
 
@@ -1129,8 +1140,7 @@ def fit_aspect_batches(model, train_ids, train_targets, validation_ids=None, val
             else optimizer
         _dist.check_optimizer(opt, strategy)
         model.compile(optimizer=opt, loss=loss)
-    if hasattr(model, "_initial_epoch"):
-        model._initial_epoch = None
+    _clear_resume_epoch(model)
     cbs = [*([_dist.SyncBatchStatistics(strategy)] if strategy is not None else []), *callbacks]
     csv_logger = None
     if write_dir is not None:
@@ -1140,10 +1150,6 @@ def fit_aspect_batches(model, train_ids, train_targets, validation_ids=None, val
         hist = model.fit(data, epochs=int(epochs), steps_per_epoch=plan.steps_per_epoch,
                          validation_data=val, verbose=verbose, callbacks=cbs, shuffle=False)
     finally:
-        f = getattr(csv_logger, "csv_file", None)
-        if f is not None and not f.closed:
-            f.close()
-        if hasattr(model, "_initial_epoch"):
-            model._initial_epoch = None
+        _end_fit(model, csv_logger)
         finish(None)  # a non-chief worker's temporary copy
     return hist

@@ -315,7 +315,8 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
     """
     from ku import distribute as _dist
     from ku.losses import EMDLoss
-    from ku.training import ResumableBackup, ValidationCorrelation, _read_history, backup_epoch
+    from ku.training import (ResumableBackup, ValidationCorrelation, _clear_resume_epoch, _end_fit, _read_history,
+                             backup_epoch)
 
     if select not in ("last", "best"):
         raise ValueError(f"train_theme_roi: select must be 'last' or 'best', got {select!r}")
@@ -346,8 +347,7 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
         with _dist.scope(strategy):  # optimizer variables mirrored too
             model.compile(optimizer=jia_optimizer(learning_rate, momentum, weight_decay, fc_multiplier),
                           loss=loss or EMDLoss(r=2))
-        if hasattr(model, "_initial_epoch"):
-            model._initial_epoch = None
+        _clear_resume_epoch(model)
         best = write_dir / "best.weights.h5"
         cbs = [_dist.SyncBatchStatistics(strategy)] if strategy is not None else []
         if validation_data is not None:
@@ -365,11 +365,7 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
                 hist = model.fit(train_data, validation_data=val, epochs=int(epochs),
                                  callbacks=cbs, verbose=verbose, shuffle=False)
         finally:
-            f = getattr(csv_logger, "csv_file", None)
-            if f is not None and not f.closed:
-                f.close()
-            if hasattr(model, "_initial_epoch"):
-                model._initial_epoch = None
+            _end_fit(model, csv_logger)
         model.save_weights(str(write_dir / "final.weights.h5"))
         if select == "best" and best.exists():
             model.load_weights(str(best))
