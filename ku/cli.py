@@ -730,7 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
                "scored); 3 ku predict skipped some images (the others are written).\n"
                "Run 'ku <command> --help' for the flags of a command.")
     parser.add_argument("--version", action="version", version=f"ku {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages and show TensorFlow's own log lines (silenced by "
+                             "default; TF_CPP_MIN_LOG_LEVEL, when set, is always honoured)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("predict", formatter_class=fmt, help="score images -> CSV/JSON",
@@ -793,15 +795,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     _add_model_args(p)
+    for p in sub.choices.values():
+        _add_verbose(p)
     return parser
+
+
+def _add_verbose(p):
+    """``--verbose`` after the command too (``ku predict ... --verbose``)."""
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="as 'ku --verbose': debug messages and TensorFlow's log lines")
 
 
 _COMMANDS = {"predict": _cmd_predict, "evaluate": _cmd_evaluate, "export": _cmd_export}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``ku`` command line; returns the exit status (see the module docstring)."""
+def _import_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow, silencing its C++ log lines unless ``verbose``: ``TF_CPP_MIN_LOG_LEVEL=2``
+    (when the user has not set it) and, since a few lines are printed while TensorFlow loads,
+    before its logging is set up (e.g. oneDNN's notice), standard error goes to /dev/null during
+    ``import tensorflow``. Python exceptions still propagate."""
+    if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import tensorflow  # noqa: F401
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no file descriptor 2 (embedded interpreters)
+        import tensorflow  # noqa: F401
+        return
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+#: Commands that need TensorFlow (imported, quietly unless --verbose, before they run).
+_TF_COMMANDS = ("predict", "export")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``ku`` command line; returns the exit status (see the module docstring).
+
+    Arguments are parsed before anything heavy is imported: ``--help``, ``--version`` and usage
+    errors never import TensorFlow or Keras.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -811,6 +854,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     prog = f"ku {args.command}"
     try:
+        if args.command in _TF_COMMANDS:
+            _import_tensorflow(args.verbose)
         return _COMMANDS[args.command](args)
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -99,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    from ku.absl_app import run  # absl.app.run, exit 0 after --help
+    run(main)

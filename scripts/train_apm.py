@@ -306,4 +306,5 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from ku.absl_app import run  # absl.app.run, exit 0 after --help
+    run(main)
