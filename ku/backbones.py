@@ -235,11 +235,19 @@ def _download(url: str, target: Path, md5: str, timeout: float) -> None:
             os.remove(tmp)
 
 
-def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.0) -> Path:
+def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.0,
+                          how_to_pass: str = "weights='<path to the .h5 file>'") -> Path:
     """Local path of a backbone's ImageNet "notop" weights, downloading them if allowed.
 
     The cache is checked first (``keras_cache_dir()``, then Keras' ``/tmp/.keras/models``
     fall-back), so no network access happens when the file is present.
+
+    Args:
+        name: a key of :data:`BACKBONES`.
+        download: allow one download when the file is not cached.
+        timeout: socket timeout of that download, seconds.
+        how_to_pass: how the caller takes a weights file, for the error message (the command line
+            passes ``"--backbone-weights <path to the .h5 file>"``).
 
     Raises:
         WeightsUnavailableError: not cached and the download is disabled or failed; the message
@@ -275,7 +283,7 @@ def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.
         f"  folder: {folder}\n"
         f"On an offline machine, download the file elsewhere and copy it to "
         f"{folder / spec.weights_file} (the folder follows $KERAS_HOME, default ~/.keras), "
-        f"or pass weights='<path to the .h5 file>'.",
+        f"or pass {how_to_pass}.",
         file_name=spec.weights_file,
         url=spec.weights_url,
         folder=str(folder),

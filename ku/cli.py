@@ -140,7 +140,8 @@ def _backbone_weights(args, backbone):
                     "INITIALISED; scores are meaningless except for testing.")
         return None
     if value.lower() == "imagenet":
-        return str(imagenet_weights_path(backbone, download=False))  # WeightsUnavailableError
+        return str(imagenet_weights_path(  # WeightsUnavailableError
+            backbone, download=False, how_to_pass="--backbone-weights <path to the .h5 file>"))
     path = Path(value).expanduser()
     if not path.is_file():
         raise UsageError("--backbone-weights", f"no such file: {value!r} (or use imagenet / none)")
@@ -572,6 +573,7 @@ def _cmd_evaluate(args) -> int:
         _check_out(args.out, "--out", suffixes=(".csv",))
     preds = read_predictions(args.predictions)
     labels = _read_labels(args.labels, args)
+    labelled = set(labels["image_id"])  # before --ids / --set
     if args.ids:
         from ku.data.readers import read_ava_test_list
 
@@ -588,7 +590,8 @@ def _cmd_evaluate(args) -> int:
     if len(dup):
         raise UsageError("--predictions", f"duplicate image ids, e.g. {dup.iloc[0]!r}")
     merged = labels.merge(preds, on="image_id", how="inner", suffixes=("_true", ""))
-    n_pred_only = len(set(preds["image_id"]) - set(labels["image_id"]))
+    n_pred_only = len(set(preds["image_id"]) - labelled)
+    n_excluded = len((set(preds["image_id"]) & labelled) - set(labels["image_id"]))
     n_label_only = len(labels) - len(merged)
     if merged.empty:
         raise UsageError("--predictions", f"no image id of {args.predictions!r} is in "
@@ -618,8 +621,9 @@ def _cmd_evaluate(args) -> int:
         rows = ref[ref["model"].isin(names)].drop(columns=["source", "dataset"])
         table = pd.concat([table, rows], ignore_index=True)
     table = table.dropna(axis=1, how="all")
+    excluded = f", {n_excluded} excluded by --ids/--set" if n_excluded else ""
     print(f"{len(y_true)} images evaluated ({n_label_only} labelled images without prediction, "
-          f"{n_pred_only} predictions without label)")
+          f"{n_pred_only} predictions without label{excluded})")
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(format_table(table))
     if args.out:
@@ -635,9 +639,14 @@ def _cmd_export(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise UsageError("--out", f"{args.out!r} exists and is not an empty folder (add "
                                   "--overwrite to replace it)")
-    if not out.absolute().parent.is_dir():
-        raise UsageError("--out", f"folder {str(out.absolute().parent)!r} does not exist")
+    anc = out.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+        raise UsageError("--out", f"cannot create {args.out!r}: {str(anc)!r} is "
+                                  f"{'not a folder' if not anc.is_dir() else 'not writable'}")
     model, family = load_model(args)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)  # missing parent folders
     kw = dict(family=family, score_range=args.score_range, max_side=args.max_side,
               small_images=args.small_images, overwrite=args.overwrite)
     if args.min_side is not None:
