@@ -11,7 +11,10 @@ flush), so a killed run leaves a valid store, and calling :func:`extract_feature
 same arguments continues after the rows already complete and produces the same file, byte for byte,
 as an uninterrupted run. Unreadable images (and images the extractor fails on) are logged,
 flagged in the store's ``failed`` dataset, listed in the returned report and skipped; they are
-retried on the next call. Images too small for the backbone (an augmentation's side below its
+retried on the next call. A failed *write* (disk full, I/O error) is different: it stops the
+run with :class:`~ku.data.durable.DiskWriteError` naming the store ("the disk is full") and the
+number of complete rows; the rows of the failed write stay incomplete, and a re-run after freeing
+space continues and gives the same file as an uninterrupted run. Images too small for the backbone (an augmentation's side below its
 minimum input side, 75 px for the Inception networks) are refused the same way, with a message
 naming the file and the sizes: they are never upscaled (see :mod:`ku.data.images`,
 docs/bad_input.md).
@@ -31,6 +34,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ku.data.augment import DEFAULT_CROP_FRACTION, augment, crop_size, resolve_augmentations
+from ku.data.durable import DiskWriteError
 from ku.data.store import (
     FeatureStore,
     FeatureStoreError,
@@ -294,6 +298,9 @@ def extract_features(
             87.5 % crops), None disables the check.
     Returns:
         :class:`ExtractionReport` (also logged as a one-line summary).
+    Raises:
+        DiskWriteError: writing the store failed (disk full, I/O error); the message names the
+            store and the rows complete so far. Re-run to continue.
     """
     t_start = time.perf_counter()
     ids, paths = normalize_image_list(ids_table_or_paths, id_column, path_column)
@@ -340,13 +347,26 @@ def extract_features(
         pending = np.flatnonzero(~complete)
         if report.n_skipped:
             logger.info("%s: resuming, %d of %d rows already complete", store_path, report.n_skipped, len(ids))
-        _run(store, pending, ids, paths, augs, infer, report, batch_size=batch_size,
-             crop_fraction=crop_fraction, max_pixels=max_pixels, flush_every=flush_every, readers=readers,
-             progress=progress, read_fn=read_fn, max_consecutive_errors=max_consecutive_errors,
-             min_side=min_side)
+        try:
+            _run(store, pending, ids, paths, augs, infer, report, batch_size=batch_size,
+                 crop_fraction=crop_fraction, max_pixels=max_pixels, flush_every=flush_every,
+                 readers=readers, progress=progress, read_fn=read_fn,
+                 max_consecutive_errors=max_consecutive_errors, min_side=min_side)
+        except DiskWriteError as e:
+            raise _stopped(e, store) from e
     report.seconds = time.perf_counter() - t_start
     logger.info(report.summary())
     return report
+
+
+def _stopped(err: DiskWriteError, store: FeatureStore) -> DiskWriteError:
+    """``err`` with the number of rows the store holds complete (extraction stopped)."""
+    try:
+        done = f"{store.n_complete} of {store.n_rows} rows are complete"
+    except Exception:  # noqa: BLE001 - the disk may refuse even this; the first error matters
+        done = "the rows completed before are kept"
+    return DiskWriteError(err.filename, f"{err.strerror}; extraction stopped, {done}", err.errno, err.what,
+                          "free space (or fix the disk) and re-run with the same arguments to continue")
 
 
 def _open_or_create(store_path, ids, names, fshape, full_attrs, dtype, resume) -> FeatureStore:
@@ -402,8 +422,9 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
 
     def flush():
         if buf_rows:
-            store.write_rows(np.asarray(buf_rows), buf[: len(buf_rows)])
-            buf_rows.clear()
+            rows = np.asarray(buf_rows)
+            buf_rows.clear()  # a failed write is not retried: those rows stay incomplete
+            store.write_rows(rows, buf[: rows.size])
 
     def load(row):
         try:
@@ -458,6 +479,9 @@ def _run(store, pending, ids, paths, augs, infer, report, *, batch_size, crop_fr
             if report.n_failed:
                 values.append(("failed", report.n_failed))
             bar.add(1, values=values)
+    except DiskWriteError:
+        buf_rows.clear()  # the disk failed: stop at once, write nothing more
+        raise
     finally:
         try:
             flush()  # rows computed before an interruption are kept

@@ -89,7 +89,7 @@ def main(argv):
             shard=shard, attrs={"backbone": FLAGS.backbone, "weights": wname, "pooling": pooling},
             resume=FLAGS.resume, progress=FLAGS.verbose > 0, max_pixels=FLAGS.max_pixels or None,
             flush_every=FLAGS.flush_every)
-    except ValueError as e:  # e.g. an existing store made with other settings (names the file)
+    except (ValueError, OSError) as e:  # a store made with other settings, a full disk (names the file)
         train_mlsp.fail(str(e))
     print(report.summary())
     for f in report.failed[:20]:

@@ -22,24 +22,36 @@ rows): the file and all datasets are created up front with *early allocation* (e
 space and the chunk index exist before any feature is written), no timestamps and no compression,
 into a temporary file that is renamed into place. Afterwards the writer only overwrites raw data in
 place -- HDF5 metadata is never modified -- in this order: features of a batch of rows, flush,
-then their ``complete`` flags, flush. A kill before the second flush leaves the flags at 0, and
-the rows are redone on resume. The file is deliberately written with the earliest file-format
+``fsync``, then their ``complete`` flags, flush. A kill before the second flush leaves the flags
+at 0, and the rows are redone on resume. The file is deliberately written with the earliest file-format
 version (superblock v0), which has no "file is open for writing" flag that a killed writer would
 leave set. Readers trust only rows whose flag is 1.
 
 Determinism: no timestamps are stored (no ``created`` attribute, ``track_times=False``), attributes
 are written in sorted order and unwritten space is left unfilled (sparse), so two runs that compute
 the same features produce byte-identical files -- also after kill + resume, and after
-extracting in shards and merging (:func:`merge_stores`). Not protected against power loss unless
-``fsync=True``.
+extracting in shards and merging (:func:`merge_stores`). Power loss: the features of a row are
+always on disk before its flag; ``fsync=True`` also makes the flags durable at once (else a
+power cut may lose the last flags, and those rows are redone).
+
+Write errors (disk full, I/O error, file-size limit): the store is opened for writing without
+HDF5's raw-data chunk cache and sieve buffer, so a failed feature or flag write raises inside :meth:`FeatureStore.write_rows`
+(HDF5 would otherwise report it only when the dataset is closed, where the error cannot be
+raised); it and a failed ``fsync`` raise :class:`~ku.data.durable.DiskWriteError` naming the
+store ("the disk is full" for ``ENOSPC``) *before* any flag of the batch is set. Those rows stay
+incomplete, rows completed earlier are kept, and a re-run after freeing space completes the
+store exactly as an uninterrupted run would have (the same bytes).
 
 HDF5 files are not safe to read while another process writes them; read a store after its
 extraction finished (or stopped).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -47,9 +59,12 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
+from ku.data.durable import DiskWriteError, atomic_path, fsync_file, write_error
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DiskWriteError",
     "FORMAT",
     "FeatureStore",
     "FeatureStoreError",
@@ -68,6 +83,18 @@ RESERVED_ATTRS = ("format", "feature_shape", "dtype", "n_augmentations", "augmen
 #: attributes that describe one shard and are dropped when shards are merged
 SHARD_ATTRS = ("shard",)
 _FLAG_DATASETS = ("complete", "failed")
+WHAT = "feature store"
+
+
+@contextlib.contextmanager
+def _quiet_unraisable():
+    """Silence "Exception ignored in ..." reports (h5py reports errors of a close that way)."""
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = old
 
 
 class FeatureStoreError(ValueError):
@@ -237,6 +264,45 @@ def check_rows(rows, n_rows: int, path) -> np.ndarray:
     return rows
 
 
+def _open_writable(path: Path) -> h5py.File:
+    """Open ``path`` read-write without HDF5's raw-data chunk cache and sieve buffer: every write
+    of features or flags then reaches the file system inside the call that makes it, where its
+    error is raised. (Cached data would be written when the dataset object is closed, and h5py
+    can only print an error there -- the write would fail silently.)"""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    mdc, nslots, _, w0 = fapl.get_cache()
+    fapl.set_cache(mdc, nslots, 0, w0)
+    fapl.set_sieve_buf_size(0)
+    return h5py.File(h5py.h5f.open(os.fsencode(str(path)), h5py.h5f.ACC_RDWR, fapl=fapl))
+
+
+def _open_hint(msg: str) -> str:
+    """What to do about an HDF5 error raised while opening a store (from HDF5's message)."""
+    if "truncated" in msg or "sblock->base_addr" in msg:
+        return (" (the file is truncated or corrupt: an incomplete copy or download, or a disk that "
+                "filled up while it was written; delete it and re-run the extraction to rebuild it, "
+                "or copy it again)")
+    if "signature" in msg:
+        return " (not an HDF5 file)"
+    if "unable to lock file" in msg or "lock file" in msg:
+        return " (is another process writing it?)"
+    return " (not readable as HDF5: corrupt? delete it and re-run the extraction to rebuild it)"
+
+
+def _warn_if_no_room(path: Path, n_bytes: int) -> None:
+    """Log a warning when the file system of ``path`` has less free space than the features
+    will take (the store is allocated sparse, so creating it succeeds either way)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if n_bytes > free:
+        logger.warning("%s: the features will take %.3g GB, but only %.3g GB are free on its disk; "
+                       "writing will stop with an error when the disk is full", path, n_bytes / 1e9,
+                       free / 1e9)
+
+
 class FeatureStore:
     """An HDF5 feature store (see the module docstring for the layout and crash-safety design).
 
@@ -248,7 +314,8 @@ class FeatureStore:
     Args:
         path: the ``.h5`` file.
         mode: ``"r"`` or ``"r+"``.
-        fsync: ``r+`` only: ``os.fsync`` after each flush (survives power loss, slower).
+        fsync: ``r+`` only: also ``os.fsync`` after writing the flags (the features are always
+            fsync-ed before their flags are set).
     """
 
     def __init__(self, path, mode: str = "r", fsync: bool = False):
@@ -289,18 +356,10 @@ class FeatureStore:
         if self._file is None or self._pid != pid:
             # after fork() the inherited handle belongs to the parent: do not touch it
             try:
-                self._file = h5py.File(self.path, self.mode)
+                self._file = _open_writable(self.path) if self.mode == "r+" else h5py.File(self.path, "r")
             except OSError as e:
-                msg = str(e)
-                if "lock" in msg:
-                    hint = " (is another process writing it?)"
-                elif "truncated" in msg:
-                    hint = " (the file is truncated: an incomplete copy or download? re-copy or re-extract it)"
-                elif "signature" in msg:
-                    hint = " (not an HDF5 file)"
-                else:
-                    hint = ""
-                raise OSError(f"cannot open feature store {self.path} (mode {self.mode!r}){hint}: {e}") from e
+                raise OSError(f"cannot open feature store {self.path} (mode {self.mode!r})"
+                              f"{_open_hint(str(e))}: {e}") from e
             self._pid = pid
         return self._file
 
@@ -415,26 +474,25 @@ class FeatureStore:
         if path.exists() and not overwrite:
             raise FileExistsError(f"feature store {path} exists (pass overwrite=True to replace it)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         n = len(ids)
-        try:
-            with h5py.File(tmp, "w", libver="earliest") as f:
-                f.create_dataset(
-                    "features", shape=(n, n_augmentations) + feature_shape, dtype=dtype,
-                    chunks=(1, 1) + feature_shape, dcpl=_dcpl_early(), track_times=False)
-                f.create_dataset(
-                    "ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
-                    dcpl=_dcpl_early(fill_never=False), track_times=False)
-                for name in _FLAG_DATASETS:
-                    f.create_dataset(name, shape=(n,), dtype=np.uint8, fillvalue=0,
-                                     dcpl=_dcpl_early(fill_never=False), track_times=False)
-                for k in sorted(h5attrs):
-                    f.attrs[k] = h5attrs[k]
-                f.flush()
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        _warn_if_no_room(path, n * n_augmentations * int(np.prod(feature_shape)) * dtype.itemsize)
+        with atomic_path(path, WHAT, hint="nothing was written; free space and re-run") as tmp:
+            try:
+                with h5py.File(tmp, "w", libver="earliest") as f:
+                    f.create_dataset(
+                        "features", shape=(n, n_augmentations) + feature_shape, dtype=dtype,
+                        chunks=(1, 1) + feature_shape, dcpl=_dcpl_early(), track_times=False)
+                    f.create_dataset(
+                        "ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                        dcpl=_dcpl_early(fill_never=False), track_times=False)
+                    for name in _FLAG_DATASETS:
+                        f.create_dataset(name, shape=(n,), dtype=np.uint8, fillvalue=0,
+                                         dcpl=_dcpl_early(fill_never=False), track_times=False)
+                    for k in sorted(h5attrs):
+                        f.attrs[k] = h5attrs[k]
+                    f.flush()
+            except RuntimeError as e:  # some HDF5 write errors come as RuntimeError
+                raise OSError(str(e)) from e
         logger.info("created feature store %s: %d rows x %d augmentations x %s %s",
                     path, n, n_augmentations, feature_shape, dtype.name)
         return cls(path, "r+", fsync=fsync)
@@ -591,14 +649,36 @@ class FeatureStore:
         if self.mode != "r+":
             raise FeatureStoreError(f"{self.path} is open read-only; open with FeatureStore(path, 'r+')")
 
-    def _flush(self):
+    def _flush(self, durable: bool = False):
+        """HDF5 flush, then ``fsync`` when ``durable`` or the store was opened with ``fsync``."""
         self._h5().flush()
-        if self.fsync:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if durable or self.fsync:
+            fsync_file(self.path, WHAT)
+
+    @contextlib.contextmanager
+    def _writing(self, n_rows: int, action: str):
+        """Any I/O error inside -> :class:`~ku.data.durable.DiskWriteError` naming the store; the
+        HDF5 handle is dropped (reopened on next use), so no half-written state is reused."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            self._complete = None
+            self._abandon_handle()
+            raise write_error(self.path, e, WHAT, hint=(
+                f"{action} of {n_rows} row(s) failed, they stay incomplete (rows completed before are "
+                "kept); free space / fix the disk and re-run the extraction to continue")) from e
+
+    def _abandon_handle(self):
+        """Close the HDF5 file after a failed write, without letting h5py print the errors of
+        the flush it attempts while closing (the error has been raised already)."""
+        f, self._file, self._pid = self._file, None, None
+        if f is None:
+            return
+        try:
+            with _quiet_unraisable():
+                f.close()
+        except Exception:  # noqa: BLE001 - the handle is broken; the caller gets the first error
+            pass
 
     def _write_feature_runs(self, runs, features):
         dset = self._h5()["features"]
@@ -617,8 +697,12 @@ class FeatureStore:
             start_or_rows: first row (int; rows ``start .. start+len(features)-1``) or a 1-D array
                 of distinct row numbers in any order.
             features: (k, A, *feature_shape), any float dtype (cast to the store dtype).
-        Order of operations (crash safety): features -> flush -> ``complete`` = 1 and ``failed``
-        = 0 -> flush.
+        Order of operations (crash safety): features -> flush -> fsync -> ``complete`` = 1 and
+        ``failed`` = 0 -> flush.
+
+        Raises:
+            DiskWriteError: a write, flush or fsync failed (the message names the store and says
+                "the disk is full" for ``ENOSPC``); none of these rows is marked complete.
         """
         self._require_writable()
         features = np.asarray(features)
@@ -649,9 +733,9 @@ class FeatureStore:
             logger.warning("%s: %d non-finite feature values after casting to %s (overflow?)",
                            self.path, n_inf, self.dtype.name)
         runs = _runs(rows)
-        with self._locked():
+        with self._locked(), self._writing(k, "writing the features"):
             self._write_feature_runs(runs, data)
-            self._flush()
+            self._flush(durable=True)  # the features are on disk before any flag says so
             self._set_flags(runs, "complete", 1)
             self._set_flags(runs, "failed", 0)
             self._flush()
@@ -662,7 +746,7 @@ class FeatureStore:
         """Flag rows whose extraction failed (they stay incomplete)."""
         self._require_writable()
         rows = np.unique(self._check_rows(rows))
-        with self._locked():
+        with self._locked(), self._writing(rows.size, "flagging failed rows"):
             self._set_flags(_runs(rows), "failed", 1)
             self._flush()
 
