@@ -19,9 +19,12 @@ Run as ``ku ...`` (console script) or ``python -m ku.cli ...``. ``ku --help`` an
     Write a SavedModel (:func:`ku.export.export_saved_model`) that needs neither ku nor Keras.
 
 Models (``--model``): a short name with ``--weights`` (the head's weights), or a ``.keras`` file of
-a whole image model (image 0..255 -> score). Nothing is ever downloaded: ImageNet backbone weights
-are taken from Keras' cache (``~/.keras/models``) or from ``--backbone-weights PATH``, and a
-missing file is an error that says which file to put where.
+a whole image model (image 0..255 -> score). ``--weights released`` with ``mlsp-pool3fc`` /
+``mlsp-single3fc`` takes the paper's released head (:mod:`ku.models.released`: downloaded once into
+Keras' cache, size and sha256 checked; offline, an error says what to download and where to put
+it). Nothing else is downloaded: ImageNet backbone weights are taken from Keras' cache
+(``~/.keras/models``) or from ``--backbone-weights PATH``, and a missing file is an error that
+says which file to put where.
 
 Exit status: :data:`EXIT_OK` (0) success; :data:`EXIT_FAILURE` (1) unexpected error;
 :data:`EXIT_USAGE` (2) bad arguments or unusable inputs (the message names the argument, nothing
@@ -193,6 +196,23 @@ def _short_reason(e: Exception) -> str:
     return f"{type(e).__name__}: " + " ".join(ln[:300] for ln in keep)
 
 
+def _released_weights(args, backbone) -> Path:
+    """``--weights released``: the ava-mlsp file of ``--model`` from Keras' cache, downloaded and
+    checked (:mod:`ku.models.released`) when missing."""
+    from ku.models.released import RELEASED, ReleasedWeightsError, released_weights_path
+
+    if args.model not in RELEASED:
+        raise UsageError("--weights", f"no released weights for --model {args.model} (released: "
+                                      f"{', '.join(RELEASED)})")
+    if backbone != RELEASED[args.model].backbone:
+        raise UsageError("--backbone", f"the released {args.model} was trained on "
+                                       f"{RELEASED[args.model].backbone}, not {backbone}")
+    try:
+        return released_weights_path(args.model, echo=lambda text: _echo(args, text))
+    except ReleasedWeightsError as e:
+        raise UsageError("--weights", f"released weights: {e}") from None
+
+
 def _build_mlsp(args, head_name, pooling):
     from ku.backbones import mlsp_block_channels
     from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
@@ -201,8 +221,12 @@ def _build_mlsp(args, head_name, pooling):
     backbone = args.backbone or MODELS[args.model].backbone
     if not args.weights:
         raise UsageError("--weights", f"--model {args.model} needs --weights <head weights file> "
-                                      "(.keras head, .weights.h5, or a released ava-mlsp .h5)")
-    head_path = Path(args.weights).expanduser()
+                                      "(.keras head, .weights.h5, a released ava-mlsp .h5, or "
+                                      "'released' for mlsp-pool3fc / mlsp-single3fc)")
+    if args.weights.lower() == "released":
+        head_path = _released_weights(args, backbone)
+    else:
+        head_path = Path(args.weights).expanduser()
     if not head_path.is_file():
         raise UsageError("--weights", f"no such file: {args.weights!r}")
     channels = sum(mlsp_block_channels(backbone))
@@ -692,9 +716,11 @@ def _add_model_args(p):
                         "(image 0..255 -> score). Short names: " + ", ".join(MODELS))
     g.add_argument("--weights", metavar="FILE",
                    help="weights of the head for a short --model: a .keras head (e.g. "
-                        "runs/.../head.keras from scripts/train_mlsp.py), a .weights.h5 file, or "
-                        "a released ava-mlsp model_best_weights.h5. For a .keras --model: "
-                        "optional weights to load into it. Never downloaded.")
+                        "runs/.../head.keras from scripts/train_mlsp.py), a .weights.h5 file, a "
+                        "released ava-mlsp model_best_weights.h5, or 'released' (mlsp-pool3fc / "
+                        "mlsp-single3fc: the paper's released file, downloaded once from the "
+                        "ava-mlsp repository into Keras' cache and checked by size and sha256). "
+                        "For a .keras --model: optional weights to load into it.")
     g.add_argument("--backbone", choices=["inception_resnet_v2", "inception_v3"],
                    help="backbone of a short --model (default: the one of the released model, "
                         "inception_resnet_v2)")

@@ -15,9 +15,12 @@ from pathlib import Path
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("head_path", None, "Trained head (.keras) or released weights (.h5 with --released).")
-flags.DEFINE_enum("released", None, ["single3fc", "pool3fc"], "Treat --head_path as the released "
-                  "ava-mlsp weights of this head (narrow = single3fc, wide = pool3fc).")
+flags.DEFINE_string("head_path", None, "Trained head (.keras) or released weights (.h5 with "
+                    "--released; without --head_path, --released downloads them).")
+flags.DEFINE_enum("released", None, ["single3fc", "pool3fc"], "The released ava-mlsp head (narrow "
+                  "= single3fc, wide = pool3fc): --head_path is its model_best_weights.h5, or, "
+                  "without --head_path, the file is downloaded once into Keras' cache (~/.keras/"
+                  "models) and checked by size and sha256.")
 flags.DEFINE_string("images", None, "An image file, a folder (searched recursively) or a CSV with "
                     "an image_path column.")
 flags.DEFINE_string("out", "predictions.csv", "Output CSV: image_path, mos.")
@@ -48,10 +51,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     for name in ("head_path", "images"):
-        if not getattr(FLAGS, name):
+        if not getattr(FLAGS, name) and not (name == "head_path" and FLAGS.released):
             raise app.UsageError(f"--{name} is required")
     # cheap checks first (before TensorFlow is imported and the backbone built)
-    head_path = Path(FLAGS.head_path)
+    if FLAGS.head_path:
+        head_path = Path(FLAGS.head_path)
+    else:  # --released without a file: Keras' cache, downloaded and checked when missing
+        from ku.models.released import ReleasedWeightsError, released_weights_path
+
+        try:
+            head_path = released_weights_path(f"mlsp-{FLAGS.released}", echo=print)
+        except ReleasedWeightsError as e:
+            raise SystemExit(f"error: --released={FLAGS.released}: {e}")
     if not head_path.is_file():
         raise app.UsageError(f"--head_path={head_path}: no such file")
     src = Path(FLAGS.images)
