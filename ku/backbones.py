@@ -19,10 +19,12 @@ There is never a silent fall-back to random weights.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
+import random
 import shutil
 import tempfile
 import urllib.request
@@ -36,8 +38,12 @@ from ku.layers.preprocessing import ImagePreprocessing
 __all__ = [
     "BACKBONES",
     "BackboneSpec",
+    "DEFAULT_SEED",
     "WeightsUnavailableError",
+    "BackboneMismatchError",
     "build_backbone",
+    "check_same_backbone",
+    "weights_fingerprint",
     "keras_cache_dir",
     "imagenet_weights_path",
     "mlsp_tap_names",
@@ -47,6 +53,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+#: Seed of a randomly initialised backbone (``weights=None``) unless another one is given: the
+#: same name, input shape and seed give the same weights in every process.
+DEFAULT_SEED = 0
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -305,11 +315,25 @@ def _load_weights(model: keras.Model, path: Path, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Backbone
 # ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _seeded_initializers(seed: int):
+    """Keras draws the seed of every initializer built without one from Python's ``random``
+    (``keras.random.make_default_seed``): seed it for the block, then restore its state, so the
+    weights are reproducible and no global random state changes."""
+    state = random.getstate()
+    random.seed(int(seed))
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def build_backbone(
     name: str,
     weights="imagenet",
     input_shape=(None, None, 3),
     *,
+    seed: int = DEFAULT_SEED,
     download: bool = True,
     timeout: float = 30.0,
 ) -> keras.Model:
@@ -327,6 +351,10 @@ def build_backbone(
             ``None`` for random initialisation.
         input_shape: ``(H, W, 3)``; ``None`` sides accept any image size (MLSP extracts at the
             original resolution, Hosu et al. §3.1). Inception networks need sides >= 75 px.
+        seed: initialisation seed (all weights, also those a weights file then replaces): a
+            random backbone (``weights=None``) with the same name and seed is the same network in
+            every process, so features stored from it can be scored again
+            (:func:`check_same_backbone`). The model records it as ``model.ku_seed``.
         download: allow a download when the ImageNet file is not cached.
         timeout: socket timeout in seconds for that download.
 
@@ -369,12 +397,70 @@ def build_backbone(
     inputs = keras.Input(shape=input_shape, name="image")
     x = ImagePreprocessing(spec.preprocessing, name="preprocessing")(inputs)
     constructor = getattr(keras.applications, spec.constructor)
-    app = constructor(include_top=False, weights=None, input_tensor=x)
+    with _seeded_initializers(seed):
+        app = constructor(include_top=False, weights=None, input_tensor=x)
     # keras.applications keeps the source inputs as a list; re-wrap for a single-tensor input.
     model = keras.Model(inputs, app.output, name=app.name)
     if weights_path is not None:
         _load_weights(model, weights_path, what)
+    model.ku_seed = int(seed)
+    model.ku_weights = "random" if weights_path is None else (
+        "imagenet" if what == "ImageNet" else str(weights_path))
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Which backbone made the features
+# ---------------------------------------------------------------------------------------------
+class BackboneMismatchError(ValueError):
+    """A head is paired with a backbone other than the one its training features came from."""
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over a model's weight shapes and values, in order (identifies a backbone or an
+    extractor: :mod:`ku.extraction` stores it as the feature store attribute
+    ``extractor_sha256``)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w))
+        h.update(str((arr.dtype.str, arr.shape)).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def check_same_backbone(store_attrs, extractor, what: str = "the head") -> None:
+    """Refuse to pair ``what`` (trained on the features of a store) with another backbone.
+
+    Args:
+        store_attrs: the feature store's attributes (``FeatureStore.attrs`` or the dict a run
+            saved): ``backbone``, ``weights``, optional ``backbone_seed`` and ``extractor_sha256``
+            (the weights fingerprint written at extraction).
+        extractor: the extractor (or whole model) that will compute the features now.
+        what: what was trained on the stored features, for the message.
+
+    Raises:
+        BackboneMismatchError: the fingerprints differ; the message names the store's backbone,
+            weights and seed, and how to get the same backbone back.
+    """
+    want = store_attrs.get("extractor_sha256")
+    if want is None:
+        logger.warning("check_same_backbone: the store records no extractor_sha256; not checked")
+        return
+    got = weights_fingerprint(extractor)
+    if got == want:
+        return
+    seed = store_attrs.get("backbone_seed", DEFAULT_SEED)
+    weights = store_attrs.get("weights", "unknown")
+    how = (f"build it with weights=None, seed={seed} (ku's default seed is {DEFAULT_SEED})"
+           if str(weights) in ("random", "none", "None") else
+           f"build it with the same weights ({weights})")
+    raise BackboneMismatchError(
+        f"{what} was trained on features of backbone {store_attrs.get('backbone')!r} "
+        f"(weights {weights!r}, seed {seed}, weights sha256 {want[:12]}...), but "
+        f"{getattr(extractor, 'name', 'this extractor')!r} has other weights (sha256 {got[:12]}...): "
+        f"its scores would be meaningless. Pair it with the same backbone: {how}.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,3 +216,49 @@ def test_weights_path_errors(tmp_path):
     corrupt.write_bytes(b"not an hdf5 file")
     with pytest.raises(ValueError, match="corrupt.h5"):
         build_backbone("inception_v3", weights=corrupt)
+
+
+# ---------------------------------------------------------------------------------------------
+# seeded random backbones and the backbone check
+# ---------------------------------------------------------------------------------------------
+def test_random_backbone_is_seeded_and_leaves_global_state_alone(iv3):
+    import random
+
+    state = random.getstate()
+    again = build_backbone("inception_v3", weights=None)  # default seed, like iv3
+    assert random.getstate() == state
+    assert iv3.ku_seed == bb.DEFAULT_SEED and iv3.ku_weights == "random"
+    assert bb.weights_fingerprint(again) == bb.weights_fingerprint(iv3)
+    other = build_backbone("inception_v3", weights=None, seed=1)
+    assert bb.weights_fingerprint(other) != bb.weights_fingerprint(iv3)
+
+
+def test_same_seed_same_backbone_in_a_new_process(iv3):
+    """A fresh interpreter whose global random states were used differently builds the same
+    random Inception-v3 (same weights, hence the same features)."""
+    import subprocess
+    import sys
+
+    code = ("import random, keras; keras.utils.set_random_seed(123); random.random()\n"
+            "from ku.backbones import build_backbone, weights_fingerprint\n"
+            "print(weights_fingerprint(build_backbone('inception_v3', weights=None)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == bb.weights_fingerprint(iv3)
+
+
+def test_head_refuses_another_backbone(iv3):
+    from ku.extraction import extractor_fingerprint
+    from ku.models.mlsp import mlsp_extractor
+
+    ext = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=iv3)
+    # the fingerprint the feature store records is the one checked
+    assert extractor_fingerprint(ext) == bb.weights_fingerprint(ext)
+    attrs = {"backbone": "inception_v3", "weights": "random", "backbone_seed": 0,
+             "extractor_sha256": extractor_fingerprint(ext)}
+    bb.check_same_backbone(attrs, ext)  # same backbone: fine
+    other = mlsp_extractor("inception_v3", pooling="narrow",
+                           backbone_model=build_backbone("inception_v3", weights=None, seed=7))
+    with pytest.raises(bb.BackboneMismatchError, match=r"weights=None, seed=0"):
+        bb.check_same_backbone(attrs, other)
