@@ -73,11 +73,13 @@ def training_curves(history, *, keys=None, path=None):
     """Training curves from a Keras ``History``, a dict of lists or a DataFrame (e.g. history.csv).
 
     One panel per metric family (loss, correlations, learning rate), training and validation
-    curves together.
+    curves together; axes labelled (epoch, metric), integer epoch ticks.
     """
     import pandas as pd
 
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     if hasattr(history, "history"):
         history = history.history
     df = pd.DataFrame(history)
@@ -96,6 +98,8 @@ def training_curves(history, *, keys=None, path=None):
             ax.set_yscale("log")
         ax.set_title(fam)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(fam.replace("_", " "))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no fractional epochs
         ax.legend(fontsize=8)
     fig.tight_layout()
     return _finish(fig, path)
@@ -106,7 +110,7 @@ def distributions(dist_true, dist_pred, *, scores=None, titles=None, path=None, 
 
     Args:
       dist_true, dist_pred: arrays (N, K) of probabilities.
-      scores: the score of each bin (default 1..K).
+      scores: the score of each bin (default 1..K); x axis "score", y axis "fraction of votes".
     """
     plt = _pyplot()
     dist_true = np.atleast_2d(np.asarray(dist_true, dtype=float))
@@ -122,6 +126,8 @@ def distributions(dist_true, dist_pred, *, scores=None, titles=None, path=None, 
         head = titles[i] if titles is not None else f"#{i}"
         ax.set_title(f"{head}\nmean {mt:.2f} vs {mp:.2f}", fontsize=9)
         ax.set_xticks(scores)
+        ax.set_xlabel("score")
+    axes[0][0].set_ylabel("fraction of votes")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return _finish(fig, path)
