@@ -434,3 +434,184 @@ def test_load_released_weights_errors(tmp_path):
     with pytest.raises(ValueError, match="layer_names"):
         load_released_weights(src, empty)
     assert heads.load_released_weights is load_released_weights
+
+
+# ----------------------------------------------------------------------------- input standardisation
+def _planted_linear(n=320, channels=32, seed=0):
+    """Features ~ N(0, 1), MOS = 5 + a fixed linear function of them + noise (std 0.1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, channels))
+    w = rng.normal(size=channels) / np.sqrt(channels)
+    y = 5.0 + x @ w + 0.1 * rng.normal(size=n)
+    return x.astype("float32"), y.astype("float32")
+
+
+def _fit_head(build, x, y, n_train=256, epochs=30, adapt=False, seed=3):
+    """Seeded Adam(1e-2) fit on the first ``n_train`` rows, output bias at the training mean;
+    returns (model, predictions of the other rows)."""
+    keras.utils.set_random_seed(seed)
+    model = build()
+    if adapt:
+        heads.adapt_head_input(model, x[:n_train])
+    out = model.get_layer("head_out")
+    kernel, bias = out.get_weights()
+    out.set_weights([kernel, np.full_like(bias, y[:n_train].mean())])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x[:n_train], y[:n_train], batch_size=32, epochs=epochs, shuffle=False, verbose=0)
+    return model, model.predict(x[n_train:], verbose=0).ravel()
+
+
+_TINY_HEADS = {
+    "single_1fc": lambda norm: single_1fc(32, input_normalization=norm),
+    "single_3fc": lambda norm: single_3fc(32, x_size=32, input_normalization=norm),
+}
+
+
+@pytest.mark.parametrize("head", sorted(_TINY_HEADS))
+def test_input_normalization_trains_on_tiny_features(head):
+    """Features of scale 1e-5 (like a random backbone's): the plain head predicts a constant
+    (Single-1FC cannot grow its weights 1e5-fold; Single-3FC's BN moving variance is still near
+    1 at inference), the standardised head learns the planted linear MOS."""
+    from ku.metrics import srcc
+
+    x, y = _planted_linear()
+    tiny = x * 1e-5 + 3e-5
+    y_test = y[256:]
+    _, plain = _fit_head(lambda: _TINY_HEADS[head](False), tiny, y)
+    model, normed = _fit_head(lambda: _TINY_HEADS[head](True), tiny, y, adapt=True)
+    assert plain.std() < 1e-3 * y_test.std()
+    assert normed.std() > 0.3 * y_test.std()
+    assert srcc(y_test, normed) >= 0.8
+    layer = model.get_layer("input_norm")
+    np.testing.assert_allclose(layer.mean.numpy(), tiny[:256].mean(0), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(1 / layer.inv_std.numpy(), tiny[:256].std(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", sorted(_TINY_HEADS))
+def test_input_normalization_leaves_standardised_runs_unchanged(head):
+    """On features already standardised with the training statistics the adapted layer is the
+    identity (to float rounding), so a seeded run gives the plain head's predictions."""
+    x, y = _planted_linear()
+    x64 = x.astype(np.float64)
+    x = ((x64 - x64[:256].mean(0)) / x64[:256].std(0)).astype("float32")
+    _, plain = _fit_head(lambda: _TINY_HEADS[head](False), x, y, epochs=5)
+    model, normed = _fit_head(lambda: _TINY_HEADS[head](True), x, y, epochs=5, adapt=True)
+    layer = model.get_layer("input_norm")
+    np.testing.assert_allclose(layer.mean.numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(layer.inv_std.numpy(), 1.0, atol=1e-6)
+    assert plain.std() > 0.1  # the comparison below is between predictions that vary
+    np.testing.assert_allclose(normed, plain, rtol=0, atol=1e-4 * plain.std() + 1e-5)
+
+
+def test_input_normalization_is_identity_until_adapted():
+    for head in sorted(_small_heads()):
+        build, shape = _small_heads()[head]
+        keras.utils.set_random_seed(4)
+        plain = build("mos")
+        keras.utils.set_random_seed(4)
+        kwargs = {"single_1fc": (24,), "single_3fc": (24,), "multi_3fc": ([8, 16, 12],),
+                  "pool_3fc": ((5, 5, 12),)}[head]
+        extra = {"single_3fc": {"x_size": 32}, "pool_3fc": {"n_kernels": 8, "x_size": 16}}.get(head, {})
+        normed = getattr(heads, head)(*kwargs, input_normalization=True, **extra)
+        assert normed.get_layer("input_norm").weights[0].shape == (shape[-1],)
+        assert normed.count_params() == plain.count_params() + 2 * shape[-1]
+        x = _x(shape, n=6)
+        np.testing.assert_allclose(normed(x, training=False), plain(x, training=False), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", sorted(_small_heads()))
+def test_input_normalization_save_reload(head, tmp_path):
+    """An adapted head saves and reloads (.keras and .weights.h5) with its statistics."""
+    args = {"single_1fc": ((24,), {}), "single_3fc": ((24,), {"x_size": 32}),
+            "multi_3fc": (([8, 16, 12],), {}), "pool_3fc": (((5, 5, 12),), {"n_kernels": 8, "x_size": 16})}
+    pos, kw = args[head]
+    shape = _small_heads()[head][1]
+    model = getattr(heads, head)(*pos, input_normalization=True, **kw)
+    feats = _x(shape, n=40, seed=1) * np.linspace(0.1, 4.0, shape[-1]) + 2.0
+    heads.adapt_head_input(model, feats)
+    x = _x(shape, n=5, seed=2) * 3.0 + 2.0
+    before = np.asarray(model(x, training=False))
+    model.save(tmp_path / "h.keras")
+    reloaded = keras.saving.load_model(tmp_path / "h.keras")
+    np.testing.assert_allclose(reloaded(x, training=False), before, rtol=1e-6, atol=1e-6)
+    assert isinstance(reloaded.get_layer("input_norm"), heads.FeatureStandardization)
+    model.save_weights(tmp_path / "h.weights.h5")
+    fresh = getattr(heads, head)(*pos, input_normalization=True, **kw)
+    assert not np.allclose(fresh(x, training=False), before)
+    fresh.load_weights(tmp_path / "h.weights.h5")
+    np.testing.assert_allclose(fresh(x, training=False), before, rtol=1e-6, atol=1e-6)
+
+
+def test_feature_statistics_from_a_store(tmp_path):
+    """Store statistics cover all augmentations (and positions) of the selected rows only and
+    equal numpy's; a row subset is seeded; arrays and stores agree."""
+    from ku.data.store import FeatureStore
+
+    rng = np.random.default_rng(0)
+    feats = (rng.normal(size=(30, 8, 2, 2, 6)) * np.arange(1, 7) + np.arange(6) * 10).astype("float32")
+    ids = [f"im{i}" for i in range(30)]
+    path = tmp_path / "f.h5"
+    with FeatureStore.create(path, ids, 8, (2, 2, 6), dtype="float32") as store:
+        store.write_rows(0, feats)
+    train_ids = ids[5:25]
+    ref = feats[5:25].reshape(-1, 6).astype(np.float64)
+    mean, std = heads.feature_statistics(path, train_ids, chunk_bytes=1000)  # many chunks
+    np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(std, ref.std(0), rtol=1e-10)
+    all_mean, _ = heads.feature_statistics(path)
+    np.testing.assert_allclose(all_mean, feats.reshape(-1, 6).mean(0, dtype=np.float64), rtol=1e-10)
+    amean, astd = heads.feature_statistics(feats[5:25], chunk_bytes=500)
+    np.testing.assert_allclose(amean, mean, rtol=1e-10)
+    np.testing.assert_allclose(astd, std, rtol=1e-10)
+    sub1 = heads.feature_statistics(path, ids, max_rows=10, seed=1)
+    sub2 = heads.feature_statistics(path, ids, max_rows=10, seed=1)
+    np.testing.assert_array_equal(sub1[0], sub2[0])
+    assert not np.allclose(sub1[0], all_mean, rtol=1e-6)
+
+    model = pool_3fc((2, 2, 6), n_kernels=4, x_size=8, input_normalization=True)
+    heads.adapt_head_input(model, path, train_ids)
+    np.testing.assert_allclose(model.get_layer("input_norm").mean.numpy(), mean, rtol=1e-6)
+    with pytest.raises(KeyError, match="nope"):
+        heads.feature_statistics(path, ["nope"])
+
+
+def test_feature_standardization_constant_channels_and_errors():
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
+    x[:, 1] = 7.0  # constant channel (e.g. a dead unit)
+    x[:, 2] = 0.0
+    model = single_1fc(4, input_normalization=True)
+    heads.adapt_head_input(model, x)
+    inv = model.get_layer("input_norm").inv_std.numpy()
+    assert inv[1] == 0 and inv[2] == 0 and np.all(inv[[0, 3]] > 0.5)
+    z = np.asarray(model.get_layer("input_norm")(np.full((1, 4), 1e6, "float32")))
+    assert np.all(np.isfinite(z)) and z[0, 1] == 0 and z[0, 2] == 0
+
+    with pytest.raises(ValueError, match="input_normalization=True"):
+        heads.adapt_head_input(single_1fc(4), x)
+    with pytest.raises(ValueError, match="5 channels.*has 4"):
+        heads.adapt_head_input(model, np.ones((3, 5), "float32"))
+    bad = x.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="array: 1 non-finite"):
+        heads.adapt_head_input(model, bad)
+    with pytest.raises(ValueError, match="shape"):
+        heads.feature_statistics(np.ones(5))
+    layer = model.get_layer("input_norm")
+    with pytest.raises(ValueError, match="shape"):
+        layer.set_statistics(np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match=">= 0"):
+        layer.set_statistics(np.zeros(4), -np.ones(4))
+    clone = heads.FeatureStandardization.from_config(layer.get_config())
+    assert clone.name == "input_norm"
+
+
+def test_load_released_weights_into_a_standardised_head(tmp_path):
+    """The released files have no input standardisation: it is skipped and reset to identity."""
+    src, _, x = _released_pair("single_3fc")
+    path = tmp_path / "w.h5"
+    _write_keras2_weights(src, path)
+    dst = single_3fc(64, input_normalization=True)
+    heads.adapt_head_input(dst, np.random.default_rng(0).normal(3.0, 2.0, size=(20, 64)))
+    assert load_released_weights(dst, path) == "name"
+    np.testing.assert_array_equal(dst.get_layer("input_norm").inv_std.numpy(), 1.0)
+    np.testing.assert_allclose(dst(x, training=False), src(x, training=False), rtol=1e-6, atol=1e-6)

@@ -26,6 +26,15 @@ rates (0.25, 0.25, 0.5); the paper's "(+do)" variant (§4.1, Table 2) uses (0.5,
 ``output="distribution"``: ``Dense(n_bins)`` + softmax, so the same heads can be trained on vote
 histograms with an EMD loss (not in the paper; composability, ``DESIGN.md`` §1).
 
+**Input standardisation** (not in the paper nor in the released code): every head takes
+``input_normalization=True``, which puts a :class:`FeatureStandardization` layer (``input_norm``,
+per-channel ``(x - mean) / std`` with fixed statistics) before the paper's layers;
+:func:`adapt_head_input` sets it from the training features before training. It makes the
+heads train on features of any scale (e.g. a randomly initialised backbone's, ~1e-5, which
+otherwise give a constant prediction), is the identity when un-adapted and (to float rounding)
+on features that are already standardised, and is skipped (left the identity) by
+:func:`load_released_weights`. The default is ``False``: the paper's architecture.
+
 **Layer names** equal the released ones where the released code has the head (Single-3FC:
 ``head_fc0 head_bn0 head_do0 ... head_out``; Pool-3FC: ``branch_1x1_conv ... mixed_final,
 final_GAP, head_*``), so the ava-mlsp ``model_best_weights.h5`` files load by name with
@@ -44,7 +53,10 @@ import numpy as np
 __all__ = [
     "DROPOUT",
     "DROPOUT_PLUS",
+    "FeatureStandardization",
     "SplitFeatures",
+    "adapt_head_input",
+    "feature_statistics",
     "fc3",
     "fc3_sizes",
     "single_1fc",
@@ -234,6 +246,229 @@ class SplitFeatures(keras.layers.Layer):
 
 
 # --------------------------------------------------------------------------------------------
+# input standardisation (not in the paper; see FeatureStandardization)
+# --------------------------------------------------------------------------------------------
+#: Name of the input standardisation layer of a head built with ``input_normalization=True``.
+INPUT_NORM = "input_norm"
+
+
+@keras.saving.register_keras_serializable(package="ku")
+class FeatureStandardization(keras.layers.Layer):
+    """Per-channel standardisation with fixed statistics: ``(x - mean) * inv_std``.
+
+    The first layer of a head built with ``input_normalization=True`` (named ``input_norm``).
+    It has two non-trainable weights of shape ``(C,)``, ``mean`` (zeros) and ``inv_std`` (ones),
+    so an un-adapted layer is the identity and the head is exactly the paper's (Hosu et al. 2019
+    §3.2). :func:`adapt_head_input` sets them from the training split's features before
+    training; they are saved with the model (``.keras``, ``.weights.h5``) and never trained.
+
+    **Why** (not in the paper, not in the released ava-mlsp code, which feeds the raw features
+    to the first ``Dense``): the heads' first layers assume inputs of order one, as ImageNet
+    MLSP features are (ReLU outputs, mostly in [0, 10]); features of other backbones need not
+    be: a randomly initialised Inception backbone gives activations of order 1e-5. Single-1FC then needs
+    weights ~1e5 times larger than its initialisation, far out of reach of Adam at lr 1e-4, and in
+    Single-3FC / Pool-3FC the first ``BatchNormalization`` normalises such inputs during training
+    but, with momentum 0.99 and few steps, its moving variance is still near its initial 1.0 at
+    inference, so the head predicts a constant. Standardising each channel with the training
+    statistics removes both failure modes and is (up to float rounding) the identity on features
+    that are already standardised.
+
+    A channel that is constant on the training data (standard deviation 0, or below 1e-6 of its
+    mean's magnitude, e.g. a dead ReLU) gets ``inv_std = 0``: it carries no information in
+    training, and any deviation at test time is ignored instead of amplified.
+
+    Input ``(batch, ..., C)`` (any rank, channels last); output the same shape.
+    """
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"FeatureStandardization {self.name!r}: the channel (last) dimension must "
+                             f"be known, got input shape {tuple(input_shape)}")
+        self.mean = self.add_weight(shape=(int(channels),), initializer="zeros", trainable=False,
+                                    name="mean")
+        self.inv_std = self.add_weight(shape=(int(channels),), initializer="ones", trainable=False,
+                                       name="inv_std")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        mean = keras.ops.cast(self.mean, self.compute_dtype)
+        inv_std = keras.ops.cast(self.inv_std, self.compute_dtype)
+        return (x - mean) * inv_std
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def set_statistics(self, mean, std):
+        """Set the statistics: ``mean`` and ``std`` are ``(C,)`` arrays (``std >= 0``)."""
+        mean = np.asarray(mean, dtype=np.float64)
+        std = np.asarray(std, dtype=np.float64)
+        channels = int(self.mean.shape[0])
+        for what, a in (("mean", mean), ("std", std)):
+            if a.shape != (channels,):
+                raise ValueError(f"FeatureStandardization {self.name!r}: {what} must have shape "
+                                 f"({channels},), got {a.shape}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"FeatureStandardization {self.name!r}: {what} has "
+                                 f"{int(np.sum(~np.isfinite(a)))} non-finite values")
+        if np.any(std < 0):
+            raise ValueError(f"FeatureStandardization {self.name!r}: std must be >= 0")
+        constant = (std == 0) | (std <= 1e-6 * np.abs(mean))
+        inv_std = np.where(constant, 0.0, 1.0 / np.where(constant, 1.0, std))
+        self.mean.assign(mean.astype("float32"))
+        self.inv_std.assign(inv_std.astype("float32"))
+
+    def reset(self):
+        """Back to the identity (``mean = 0``, ``inv_std = 1``)."""
+        self.mean.assign(np.zeros(self.mean.shape, "float32"))
+        self.inv_std.assign(np.ones(self.inv_std.shape, "float32"))
+
+
+def _input_norm(inputs, enabled):
+    return FeatureStandardization(name=INPUT_NORM)(inputs) if enabled else inputs
+
+
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations in float64, merged chunk by chunk
+    (Chan et al.'s pairwise update, so no catastrophic cancellation as in E[x^2] - E[x]^2)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, x):
+        x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{int(np.sum(~np.isfinite(x)))} non-finite feature values")
+        n_b = x.shape[0]
+        if n_b == 0:
+            return
+        mean_b = x.mean(axis=0)
+        m2_b = np.square(x - mean_b).sum(axis=0)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + np.square(delta) * (self.n * n_b / n)
+        self.n = n
+
+    def result(self):
+        return self.mean, np.sqrt(self.m2 / self.n)
+
+
+def feature_statistics(features, ids=None, *, max_rows: Optional[int] = 2048, seed: int = 0,
+                       chunk_bytes: int = 32 << 20):
+    """Per-channel mean and (population) standard deviation of features, in float64.
+
+    Args:
+        features: an array ``(N, ..., C)`` (statistics over every axis but the last), or a feature
+            store (a ``.h5`` path, a list / glob of shards, or an open
+            :class:`~ku.data.store.FeatureStore`): statistics over the selected rows, *all* their
+            stored augmentations and (wide features) all spatial positions.
+        ids: store only: the image ids to use (e.g. the training split's); default every
+            complete row.
+        max_rows: store only: use at most this many rows (a seeded random subset, so a large
+            store such as AVA's wide features is not read whole; 2,048 rows x 8 augmentations
+            estimate a channel's mean and deviation to within a few percent of its deviation).
+            ``None``: every row.
+        seed: seed of that subset.
+        chunk_bytes: read the store / process the array in chunks of about this many bytes.
+    Returns:
+        ``(mean, std)``, two float64 arrays ``(C,)``.
+    Raises:
+        ValueError naming the store file (or "array") for non-finite values or no data; the store's
+        own errors for unknown ids or rows never extracted.
+    """
+    if isinstance(features, np.ndarray) or (
+            not isinstance(features, (str, os.PathLike, list, tuple)) and not hasattr(features, "read")):
+        x = np.asarray(features)
+        if x.ndim < 2 or x.shape[0] == 0 or x.shape[-1] == 0:
+            raise ValueError(f"feature_statistics: need an array (N, ..., C) with N, C >= 1, got "
+                             f"shape {x.shape}")
+        if ids is not None:
+            raise ValueError("feature_statistics: ids only apply to a feature store, not an array")
+        per_row = max(1, int(np.prod(x.shape[1:])) * 8)
+        step = max(1, int(chunk_bytes) // per_row)
+        moments = _Moments()
+        try:
+            for i in range(0, x.shape[0], step):
+                moments.add(x[i:i + step])
+        except ValueError as e:
+            raise ValueError(f"feature_statistics: array: {e}") from None
+        return moments.result()
+
+    from ku.data.shards import open_store
+
+    store = features if hasattr(features, "read") else open_store(features)
+    try:
+        if ids is None:
+            rows = np.flatnonzero(store.complete_mask())
+        else:
+            ids = ids["image_id"].tolist() if hasattr(ids, "columns") else list(ids)
+            rows = np.unique(store.index_of([str(i) for i in ids]))
+        name = getattr(store, "path", getattr(store, "paths", "store"))
+        if rows.size == 0:
+            raise ValueError(f"feature_statistics: {name}: no rows to compute statistics on")
+        store.check_complete(rows)
+        if max_rows is not None and rows.size > int(max_rows):
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(max_rows), replace=False))
+        per_row = max(1, store.n_augmentations * int(np.prod(store.feature_shape)) * 8)
+        step = max(1, int(chunk_bytes) // per_row)
+        moments = _Moments()
+        for i in range(0, rows.size, step):
+            try:
+                moments.add(store.read(rows[i:i + step], "all", check_complete=False))
+            except ValueError as e:
+                raise ValueError(f"feature_statistics: {name}, rows {rows[i]}..{rows[min(i + step, rows.size) - 1]}: "
+                                 f"{e}") from None
+        return moments.result()
+    finally:
+        if store is not features:
+            store.close()
+
+
+def _find_input_norm(model):
+    for layer in model.layers:
+        if isinstance(layer, FeatureStandardization):
+            return layer
+        if isinstance(layer, keras.Model):
+            found = _find_input_norm(layer)
+            if found is not None:
+                return found
+    return None
+
+
+def adapt_head_input(model: keras.Model, features, ids=None, **kwargs):
+    """Set a head's input standardisation from the training data (before training).
+
+    ``model`` must have a :class:`FeatureStandardization` layer (a head of this module built with
+    ``input_normalization=True``; a head nested in an end-to-end model is found too). Its mean and
+    inverse standard deviation are set from :func:`feature_statistics` of ``features`` (an array,
+    or a feature store with the training ``ids``; ``kwargs`` go there). Use the *training* split
+    only, so that validation and test images do not leak into the model.
+
+    Returns:
+        ``(mean, std)`` as computed (float64 ``(C,)``).
+    Raises:
+        ValueError: no such layer (naming the model), or the features' channel count differs from
+            the head's input.
+    """
+    layer = _find_input_norm(model)
+    if layer is None:
+        raise ValueError(f"adapt_head_input: model {model.name!r} has no FeatureStandardization layer; "
+                         "build the head with input_normalization=True")
+    mean, std = feature_statistics(features, ids, **kwargs)
+    channels = int(layer.mean.shape[0])
+    if mean.shape != (channels,):
+        raise ValueError(f"adapt_head_input: the features have {mean.shape[0]} channels, the input of "
+                         f"model {model.name!r} has {channels}")
+    layer.set_statistics(mean, std)
+    return mean, std
+
+
+# --------------------------------------------------------------------------------------------
 # heads
 # --------------------------------------------------------------------------------------------
 def single_1fc(
@@ -241,6 +476,7 @@ def single_1fc(
     output: str = "mos",
     n_bins: int = 10,
     name: str = "single_1fc",
+    input_normalization: bool = False,
 ) -> keras.Model:
     """Single-1FC (Hosu et al. 2019 §3.2.1, Fig. 4(a)): one fully-connected layer on the narrow
     MLSP vector (concatenated GAPs), predicting the MOS.
@@ -249,12 +485,14 @@ def single_1fc(
     ``Dense`` named ``head_out`` (``he_normal`` like the released output layers), linear 1 unit,
     or ``n_bins`` softmax units for ``output="distribution"``.
 
+    ``input_normalization=True`` puts a :class:`FeatureStandardization` layer (``input_norm``)
+    first, set before training by :func:`adapt_head_input` (not in the paper, see there).
     Input ``(batch, n_features)``; output ``(batch, 1)`` or ``(batch, n_bins)``.
     """
     n_features = _check_positive_int(n_features, "n_features")
     _check_output(output, n_bins)
     inputs = keras.Input((n_features,), name="features")
-    outputs = _output_layer(inputs, output, n_bins, "head_out")
+    outputs = _output_layer(_input_norm(inputs, input_normalization), output, n_bins, "head_out")
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -265,6 +503,7 @@ def single_3fc(
     output: str = "mos",
     n_bins: int = 10,
     name: str = "single_3fc",
+    input_normalization: bool = False,
 ) -> keras.Model:
     """Single-3FC (Hosu et al. 2019 §3.2.1, Fig. 4(b)): the 3FC component (X = 2048) on the
     narrow MLSP vector; this is the released narrow head (``train_mlsp_narrow.ipynb``,
@@ -275,11 +514,13 @@ def single_3fc(
     37,044,737 parameters on 16,928 inputs (IRNv2). Use ``dropout=DROPOUT_PLUS`` for the paper's
     "Single-3FC (+do)" (Table 2).
 
+    ``input_normalization=True`` puts a :class:`FeatureStandardization` layer (``input_norm``)
+    first, set before training by :func:`adapt_head_input` (not in the paper, see there).
     Input ``(batch, n_features)``; output ``(batch, 1)`` or ``(batch, n_bins)``.
     """
     n_features = _check_positive_int(n_features, "n_features")
     inputs = keras.Input((n_features,), name="features")
-    outputs = fc3(inputs, x_size, dropout, name="head", output=output, n_bins=n_bins)
+    outputs = fc3(_input_norm(inputs, input_normalization), x_size, dropout, name="head", output=output, n_bins=n_bins)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -289,6 +530,7 @@ def multi_3fc(
     output: str = "mos",
     n_bins: int = 10,
     name: str = "multi_3fc",
+    input_normalization: bool = False,
 ) -> keras.Model:
     """Multi-3FC (Hosu et al. 2019 §3.2.1, Fig. 5): one 3FC per MLSP block, combined linearly.
 
@@ -308,6 +550,8 @@ def multi_3fc(
     or ``("inception_v3")`` (11 blocks, 10,048) -- the 43-block IRNv2 model is large, build it
     only when needed.
 
+    ``input_normalization=True`` puts a :class:`FeatureStandardization` layer (``input_norm``)
+    first, set before training by :func:`adapt_head_input` (not in the paper, see there).
     Input ``(batch, sum(block_channels))``; output ``(batch, 1)`` or ``(batch, n_bins)``.
     """
     try:
@@ -319,7 +563,7 @@ def multi_3fc(
     _check_output(output, n_bins)
     _check_dropout(dropout)
     inputs = keras.Input((sum(sizes),), name="features")
-    blocks = SplitFeatures(sizes, name="split_blocks")(inputs)
+    blocks = SplitFeatures(sizes, name="split_blocks")(_input_norm(inputs, input_normalization))
     if len(sizes) == 1:
         blocks = [blocks] if not isinstance(blocks, (list, tuple)) else list(blocks)
     scores = [
@@ -350,6 +594,7 @@ def pool_3fc(
     output: str = "mos",
     n_bins: int = 10,
     name: str = "pool_3fc",
+    input_normalization: bool = False,
 ) -> keras.Model:
     """Pool-3FC (Hosu et al. 2019 §3.2.2, Fig. 6), the head on wide MLSP features, as released
     (``train_mlsp_wide.ipynb`` / ``predict_mlsp_wide.ipynb``, ``research/ku_anchor.md`` §3.3).
@@ -367,6 +612,8 @@ def pool_3fc(
     convolutions of ``n_kernels // 2`` each (Inception-v3 style).
 
     Spatial dimensions may be ``None`` (the module keeps the size, GAP removes it).
+    ``input_normalization=True`` puts a :class:`FeatureStandardization` layer (``input_norm``)
+    first, set before training by :func:`adapt_head_input` (not in the paper, see there).
     Input ``(batch, H, W, b)``; output ``(batch, 1)`` or ``(batch, n_bins)``.
     """
     shape = tuple(input_shape)
@@ -376,7 +623,7 @@ def pool_3fc(
     _check_output(output, n_bins)
     _check_dropout(dropout)
     inputs = keras.Input(shape, name="features")
-    x = _inception_block(inputs, n_kernels)
+    x = _inception_block(_input_norm(inputs, input_normalization), n_kernels)
     x = keras.layers.GlobalAveragePooling2D(name="final_GAP")(x)
     outputs = fc3(x, x_size, dropout, name="head", output=output, n_bins=n_bins)
     return keras.Model(inputs, outputs, name=name)
@@ -444,12 +691,13 @@ def _read_keras2_weights(path):
 
 
 def _weighted_layers(model):
-    """Layers owning weights, in model order; nested models are flattened."""
+    """Layers owning weights, in model order; nested models are flattened; the input
+    standardisation (not in the released files) is left out."""
     out = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             out.extend(_weighted_layers(layer))
-        elif layer.weights:
+        elif layer.weights and not isinstance(layer, FeatureStandardization):
             out.append(layer)
     return out
 
@@ -499,7 +747,9 @@ def load_released_weights(model: keras.Model, path, strict: bool = True) -> str:
     the released code did (``load_weights(by_name=False)``) and works because Keras 3 orders
     functional layers like Keras 2. Within a layer, weights are matched by their short names
     (``kernel``, ``gamma`` ...) or else by position. Nested sub-models of ``model`` are
-    flattened, so a head nested in an end-to-end model can be loaded directly.
+    flattened, so a head nested in an end-to-end model can be loaded directly. A head built with
+    ``input_normalization=True`` loads too: its :class:`FeatureStandardization` layer is not in
+    the file and is reset to the identity (the released heads were trained on raw features).
 
     Nothing is assigned unless every layer and shape matches; otherwise a ``ValueError`` lists
     the mismatches (missing / unexpected layer names, weight counts, shapes).
@@ -563,5 +813,8 @@ def load_released_weights(model: keras.Model, path, strict: bool = True) -> str:
         )
     for variable, array in assignments:
         variable.assign(array.astype(variable.dtype, copy=False))
+    norm = _find_input_norm(model)
+    if norm is not None:  # the released heads were trained on raw features
+        norm.reset()
     logger.info("load_released_weights: %s -> %s: %d layers by %s", path, model.name, len(model_layers), mode)
     return mode
