@@ -1,5 +1,7 @@
 """ku.data.images: formats, grey / alpha / 16-bit conversion, EXIF orientation, bad files."""
 import logging
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -257,3 +259,72 @@ def test_check_images_logs_warning(bad_folder, caplog):
     with caplog.at_level(logging.WARNING, logger="ku.data.images"):
         check_images(folder)
     assert f"{len(bad)} of {len(bad) + 2} images" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# special files: only regular files are read (never a hang on a named pipe, never "empty file"
+# for /dev/zero behind a link)
+
+def _special_files(d):
+    """{name: expected words in the reason} for the special files this platform can make."""
+    import socket
+
+    made = {}
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(d / "pipe.jpg")
+        made["pipe.jpg"] = "named pipe (FIFO)"
+        os.symlink(d / "pipe.jpg", d / "pipe_link.jpg")
+        made["pipe_link.jpg"] = "named pipe (FIFO) (symbolic link to"
+    if os.path.exists("/dev/zero"):
+        os.symlink("/dev/zero", d / "zero.jpg")
+        made["zero.jpg"] = "character device (symbolic link to '/dev/zero')"
+    if hasattr(socket, "AF_UNIX"):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(d / "sock.png"))
+        s.close()
+        made["sock.png"] = "a socket"
+    return made
+
+
+def _in_thread(fn, timeout=30):
+    """Run ``fn`` in a daemon thread; fail (instead of hanging the suite) if it blocks."""
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "blocked reading a special file"
+    return out
+
+
+def test_read_image_refuses_special_files_without_blocking(tmp_path):
+    made = _special_files(tmp_path)
+    if not made:
+        pytest.skip("no special files on this platform")
+    for name, words in made.items():
+        out = _in_thread(lambda: read_image(tmp_path / name))
+        err = out.get("error")
+        assert isinstance(err, ImageReadError), (name, out)
+        assert str(tmp_path / name) in str(err) and "not a regular file" in err.reason and words in err.reason, err
+
+
+def test_check_images_lists_special_files_with_reason(tmp_path):
+    made = _special_files(tmp_path)
+    if not made:
+        pytest.skip("no special files on this platform")
+    _write_bgr(tmp_path / "good.png", _pattern(40, 50))
+    assert sorted(p.name for p in list_images(tmp_path, recursive=False)) == sorted(list(made) + ["good.png"])
+    out = _in_thread(lambda: check_images(tmp_path))
+    df = out["value"]
+    listed = {Path(p).name: e for p, e in zip(df["path"], df["error"])}
+    assert sorted(listed) == sorted(made)  # the good image is not listed, every special file is
+    for name, words in made.items():
+        assert "not a regular file" in listed[name] and words in listed[name], listed[name]

@@ -8,6 +8,8 @@ import pytest
 from ku.data.readers import (
     distributions,
     read_ava,
+    read_ava_test_list,
+    read_challenges,
     read_label_csv,
     read_photonet,
     split_hosu,
@@ -33,7 +35,7 @@ IDS_ON_DISK = ["953619", "953958", "954184", "954113", "953980", "954175", "1", 
 AVA_CHALLENGES = [1396, 1396, 1396, 1396, 1396, 1396, 1397, 20, 9]
 
 
-def _write_ava(root, lines=AVA_LINES, test_ids=("954184", "953980", "999999"), on_disk=IDS_ON_DISK):
+def _write_ava(root, lines=AVA_LINES, test_ids=("954184", "953980", "777"), on_disk=IDS_ON_DISK):
     root.mkdir(parents=True, exist_ok=True)
     (root / "AVA.txt").write_text("\n".join(lines) + "\n")
     (root / "challenges.txt").write_text("9 Free Study\n20 Motion Blur\n1396 Shadows 2\n1397 Empty\n")
@@ -120,7 +122,7 @@ def test_read_ava_malformed_line(tmp_path, bad, msg):
 
 def test_read_ava_blank_lines_and_missing_images_dir(tmp_path, caplog):
     lines = AVA_LINES[:3] + ["", "   "] + AVA_LINES[3:6]
-    root = _write_ava(tmp_path / "ava", lines, on_disk=[])
+    root = _write_ava(tmp_path / "ava", lines, test_ids=("954184", "953980"), on_disk=[])
     with caplog.at_level(logging.WARNING):
         df = read_ava(root, split="hosu")
     assert len(df) == 0 and len(df.attrs["missing"]) == 6 and "6 of 6 images" in caplog.text
@@ -297,3 +299,114 @@ def test_distributions_numeric_order():
     np.testing.assert_allclose(distributions(df), [[0.7, 0.2, 0.1]])
     with pytest.raises(ValueError, match="dist_"):
         distributions(pd.DataFrame({"mos": [1.0]}))
+
+
+# ---------------------------------------------------------------------------------------------
+# encodings, byte-order marks, test lists that do not match, 64-bit overflow, duplicate columns
+
+TEST_LIST = ("954184", "953980")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_test_list_with_a_byte_order_mark_keeps_every_test_id(tmp_path, encoding):
+    """A BOM (Windows editors) or UTF-16 used to move test images into training silently."""
+    root = _write_ava(tmp_path / "ava", test_ids=TEST_LIST)
+    p = root / "aesthetics_image_lists" / "generic_test.jpgl"
+    p.write_bytes(("\n".join(TEST_LIST) + "\r\n").encode(encoding if encoding != "utf-16-be" else "utf-16"))
+    assert read_ava_test_list(p) == list(TEST_LIST)
+    df = read_ava(root, split="hosu")
+    assert set(df.loc[df["set"] == "test", "image_id"]) == set(TEST_LIST)
+
+
+def test_utf16_without_byte_order_mark_is_refused(tmp_path):
+    p = tmp_path / "generic_test.jpgl"
+    p.write_bytes("954184\n953980\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match="NUL bytes") as exc:
+        read_ava_test_list(p)
+    assert str(p) in str(exc.value) and "UTF-16" in str(exc.value)
+
+
+def test_undecodable_test_list_is_an_error_not_a_replacement(tmp_path):
+    p = tmp_path / "generic_test.jpgl"
+    p.write_bytes(b"954184\n95\xff3980\n")
+    with pytest.raises(ValueError, match="line 2: not valid utf-8"):
+        read_ava_test_list(p)
+
+
+def test_test_list_that_does_not_match_the_labels_is_an_error(tmp_path):
+    root = _write_ava(tmp_path / "ava", test_ids=("954184", "x953980", "y954113"))
+    p = root / "aesthetics_image_lists" / "generic_test.jpgl"
+    for split in ("hosu", "murray", None):
+        with pytest.raises(ValueError) as exc:
+            read_ava(root, split=split, n_validation=1)
+        msg = str(exc.value)
+        assert str(p) in msg and "2 of 3 test ids" in msg and "'x953980'" in msg, msg
+    df = read_ava(root, split="hosu", max_unknown_test_ids=0.7)  # explicitly tolerated
+    assert df.loc[df["set"] == "test", "image_id"].tolist() == ["954184"]
+    (root / "aesthetics_image_lists" / "generic_test.jpgl").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="holds no image ids"):
+        read_ava(root, split="hosu")
+
+
+@pytest.mark.parametrize("field, value", [(2, "99999999999999999999"), (14, "-" + "9" * 25), (11, str(2 ** 63))])
+def test_ava_integer_overflow_names_file_and_line(tmp_path, field, value):
+    lines = list(AVA_LINES)
+    tok = lines[1].split()
+    tok[field] = value
+    lines[1] = " ".join(tok)
+    root = _write_ava(tmp_path / "ava", lines=lines, test_ids=TEST_LIST)
+    with pytest.raises(ValueError) as exc:
+        read_ava(root, split=None)
+    assert f"{root / 'AVA.txt'}: line 2:" in str(exc.value) and "too large" in str(exc.value)
+
+
+def test_ava_vote_sum_overflow(tmp_path):
+    lines = list(AVA_LINES)
+    big = str(2 ** 62)
+    lines[1] = f"2 953958 {big} {big} {big} 33 34 19 3 0 2 0 14 47 1396"
+    root = _write_ava(tmp_path / "ava", lines=lines, test_ids=TEST_LIST)
+    with pytest.raises(ValueError, match="line 2: vote counts sum to more"):
+        read_ava(root, split=None)
+
+
+def test_challenges_with_bom_and_utf16(tmp_path):
+    p = tmp_path / "challenges.txt"
+    p.write_bytes("\ufeff9 Free Study\n20 Motion Blur\n".encode("utf-8"))
+    assert read_challenges(p) == {9: "Free Study", 20: "Motion Blur"}
+    p.write_bytes("9 Free Study\n20 Bewegungsunschärfe\n".encode("utf-16"))
+    assert read_challenges(p) == {9: "Free Study", 20: "Bewegungsunschärfe"}
+    p.write_bytes(b"9 Free Study\n20 Motion \xff Blur\n")
+    with pytest.raises(ValueError, match="line 2: not valid utf-8"):
+        read_challenges(p)
+
+
+def test_csv_with_a_duplicated_column_is_an_error(tmp_path):
+    (tmp_path / "l.csv").write_text("image_id,mos,mos\na,5,6\n")
+    with pytest.raises(ValueError) as exc:
+        read_label_csv(tmp_path / "l.csv", check_files=False)
+    assert f"{tmp_path / 'l.csv'}: line 1: column 'mos' appears more than once" in str(exc.value)
+    (tmp_path / "s.csv").write_text("image_id;;mos;;image_id\na;;5;;b\n")
+    with pytest.raises(ValueError, match="column 'image_id' appears more than once"):
+        read_label_csv(tmp_path / "s.csv", sep=";;", check_files=False)
+
+
+def test_csv_in_utf16_is_read_and_declared_mismatch_refused(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_bytes("image_id,mos\nä,5\n".encode("utf-16"))
+    assert read_label_csv(p, check_files=False)["image_id"].tolist() == ["ä"]
+    assert read_label_csv(p, encoding="utf-16", check_files=False)["image_id"].tolist() == ["ä"]
+    with pytest.raises(ValueError, match="UTF-16 byte-order mark, but encoding='latin-1'"):
+        read_label_csv(p, encoding="latin-1", check_files=False)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes")
+def test_label_file_that_is_a_named_pipe_is_refused(tmp_path):
+    import os
+
+    p = tmp_path / "labels.csv"
+    os.mkfifo(p)
+    with pytest.raises(ValueError, match="not a regular file: a named pipe"):
+        read_label_csv(p)
+    os.mkfifo(tmp_path / "generic_test.jpgl")
+    with pytest.raises(ValueError, match="named pipe"):
+        read_ava_test_list(tmp_path / "generic_test.jpgl")

@@ -135,11 +135,17 @@ def image_sizes(paths: Sequence) -> tuple:
     """
     from PIL import Image
 
+    from ku.data.images import special_file_reason
+
     sizes = np.full((len(paths), 2), -1, dtype=np.int64)
     failed = []
     for i, p in enumerate(paths):
         try:
-            if os.path.getsize(p) == 0:
+            st = os.stat(p)  # follows links: a FIFO or /dev/zero behind a link is never opened
+            reason = special_file_reason(st, str(p))
+            if reason:
+                raise ValueError(reason)
+            if st.st_size == 0:
                 raise ValueError("empty file (0 bytes)")
             with Image.open(p) as im:
                 w, h = im.size

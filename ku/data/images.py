@@ -3,8 +3,10 @@
 All models in ``ku`` take 0..255 RGB HWC arrays (DESIGN.md, conventions). This module turns an
 image file into exactly that, or raises :class:`ImageReadError` naming the file and the reason.
 
-Decoding is done by OpenCV (``cv2.imdecode`` on the bytes read with ``np.fromfile``, so paths
-with non-ASCII characters work on every platform). Formats: JPEG, PNG, BMP, TIFF, WebP (see
+Decoding is done by OpenCV (``cv2.imdecode`` on the file's bytes, so paths with non-ASCII
+characters work on every platform). Only regular files are read (:func:`read_regular_file`): a
+named pipe (FIFO), a device (also ``/dev/zero`` behind a symbolic link), a socket or a directory
+raises :class:`ImageReadError` saying what it is, without reading from it -- it never hangs. Formats: JPEG, PNG, BMP, TIFF, WebP (see
 :data:`IMAGE_EXTENSIONS`).
 
 Conversions (decisions):
@@ -52,16 +54,19 @@ Other formats and cases:
   :func:`list_images` does not pick GIFs up; pass them explicitly.
 * The extension is never trusted: the format is sniffed from the content (a PNG saved as
   ``.jpg`` reads fine; HTML saved as ``.jpg`` is "not an image").
-* Unreadable files (permissions) and directories raise :class:`ImageReadError`.
+* Unreadable files (permissions), directories and special files (FIFOs, devices, sockets;
+  symbolic links are followed and their target checked) raise :class:`ImageReadError`.
 
 A missing file (also a symbolic link whose target is missing) raises
 :class:`FileNotFoundError` (not an ``ImageReadError``), naming the file (and the link target).
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Iterable, Union
@@ -79,6 +84,7 @@ __all__ = [
     "apply_orientation",
     "list_images",
     "check_images",
+    "read_regular_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -409,24 +415,79 @@ def read_image(path: PathLike, max_pixels: int | None = None, on_large: str = "r
         ``np.ndarray`` uint8, shape ``(H, W, 3)``, RGB order, C-contiguous.
     Raises:
         FileNotFoundError: no such file (or a broken symbolic link; the target is named).
-        ImageReadError: empty, truncated, not an image, undecodable, a directory, unreadable
-            (permissions), over ``max_pixels`` or under ``min_side``.
+        ImageReadError: empty, truncated, not an image, undecodable, a directory, not a regular
+            file (FIFO, device, socket), unreadable (permissions), over ``max_pixels`` or under
+            ``min_side``.
     """
     p = os.fspath(path)
-    if not os.path.exists(p):
+    return np.ascontiguousarray(decode_image(read_regular_file(p), p, max_pixels=max_pixels, on_large=on_large,
+                                             min_side=min_side))
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_reason(st: os.stat_result, path: str) -> str | None:
+    """Why a file with status ``st`` is not read as an image (None for a regular file)."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an image file"
+    kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "a special file")
+    real = os.path.realpath(path)
+    via = f" (symbolic link to {real!r})" if real != os.path.abspath(path) else ""
+    return f"not a regular file: {kind}{via}; only regular files are read"
+
+
+def _open_readonly(path: str) -> int:
+    """A read-only descriptor of ``path`` that never blocks on open (a FIFO without a writer)."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+                   | getattr(os, "O_NOCTTY", 0))
+
+
+def read_regular_file(path: PathLike) -> bytes:
+    """The bytes of ``path`` if it is a regular file (a symbolic link is followed and its target
+    checked). Never blocks: the file is opened non-blocking and checked with ``fstat`` on the
+    open descriptor (no race between the check and the read), so a named pipe, a device
+    (``/dev/zero`` behind a link), a socket or a directory raises :class:`ImageReadError` with
+    the reason, without reading from it.
+
+    Raises:
+        FileNotFoundError: no such file, or a broken symbolic link (the target is named).
+        ImageReadError: not a regular file, or unreadable (permissions, I/O error).
+    """
+    p = os.fspath(path)
+    try:
+        fd = _open_readonly(p)
+    except FileNotFoundError:
         if os.path.islink(p):
             raise FileNotFoundError(
                 f"image file not found: {p!r} is a broken symbolic link (target {os.readlink(p)!r} "
-                "does not exist)")
-        raise FileNotFoundError(f"image file not found: {p!r}")
-    if os.path.isdir(p):
-        raise ImageReadError(p, "is a directory, not an image file")
+                "does not exist)") from None
+        raise FileNotFoundError(f"image file not found: {p!r}") from None
+    except OSError as e:
+        if os.path.isdir(p):
+            raise ImageReadError(p, "is a directory, not an image file") from None
+        try:  # a socket cannot be opened (ENXIO): say what it is
+            reason = special_file_reason(os.stat(p), p)
+        except OSError:
+            reason = None
+        raise ImageReadError(p, reason or f"cannot read file: {type(e).__name__}: {e.strerror or e}") from None
     try:
-        buf = np.fromfile(p, dtype=np.uint8)
+        reason = special_file_reason(os.fstat(fd), p)
+        if reason:
+            raise ImageReadError(p, reason)
+        with io.FileIO(fd, "rb", closefd=False) as f:
+            return f.readall()  # sized from fstat: one allocation, no copy
     except OSError as e:
         raise ImageReadError(p, f"cannot read file: {type(e).__name__}: {e.strerror or e}") from None
-    return np.ascontiguousarray(decode_image(buf, p, max_pixels=max_pixels, on_large=on_large,
-                                             min_side=min_side))
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,7 +498,9 @@ def list_images(folder: PathLike, recursive: bool = True, extensions: Iterable[s
     """Image files under ``folder`` (by extension, case-insensitive), sorted by path.
 
     Hidden files and folders (name starting with ``.``, e.g. macOS ``._x.jpg``) are skipped unless
-    ``include_hidden``.
+    ``include_hidden``. Every entry that is not a folder is listed -- also special files (a FIFO
+    or a link to a device named ``x.jpg``) and broken links, which are never opened here: the
+    readers (:func:`read_image`, :func:`check_images`) report them with the reason.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -453,7 +516,7 @@ def list_images(folder: PathLike, recursive: bool = True, extensions: Iterable[s
                     out.append(Path(dirpath) / f)
     else:
         for e in os.scandir(root):
-            if e.is_file() and (include_hidden or not e.name.startswith(".")) \
+            if not e.is_dir() and (include_hidden or not e.name.startswith(".")) \
                     and os.path.splitext(e.name)[1].lower() in exts:
                 out.append(root / e.name)
     return sorted(out, key=str)
@@ -462,6 +525,9 @@ def list_images(folder: PathLike, recursive: bool = True, extensions: Iterable[s
 def check_images(folder: PathLike, recursive: bool = True, max_pixels: int | None = None,
                  progress: bool = False, min_side: int | None = None) -> pd.DataFrame:
     """Fully decode every image under ``folder`` and list the ones that fail.
+
+    Special files (FIFOs, devices, sockets, also behind symbolic links) are listed as bad with
+    the reason ("not a regular file: a named pipe (FIFO)"), never opened for reading.
 
     Returns:
         DataFrame with columns ``path`` (str) and ``error`` (the reason), one row per *bad* file,

@@ -12,9 +12,13 @@ histogram ``c_1..c_K``: ``n_votes = sum c_k``, ``dist_k = c_k / n_votes``,
 deviation of the votes, as customary for AVA).
 
 Bad input raises ``ValueError`` naming the file, the 1-based line number and what is wrong:
-malformed lines (field count, non-numeric or NaN values, negative counts), duplicate ids, an
-empty file, text that is not UTF-8 (``encoding=`` of :func:`read_label_csv` reads other
-encodings), a CSV line with more or fewer fields than its header, a missing required column.
+malformed lines (field count, non-numeric or NaN values, negative counts, integers beyond
+64 bits), duplicate ids, an empty file, text that is not UTF-8 (``encoding=`` of
+:func:`read_label_csv` reads other encodings), a CSV line with more or fewer fields than its
+header, a missing or duplicated column name, a named pipe or device instead of a file, an AVA
+test list that is empty or whose ids are not in ``AVA.txt``. Every text file is decoded strictly
+(never with replacement characters): a UTF-8 byte-order mark is dropped, UTF-16 / UTF-32 files
+with a byte-order mark are decoded, NUL bytes without one are refused.
 Challenge ids missing from a given theme vocabulary map to ``theme_index`` 0 (unknown) with a
 warning (``df.attrs["unknown_themes"]``). The full list is in docs/bad_input.md.
 Images listed but missing on disk never stop a reader: the rows are dropped, a warning gives the
@@ -188,25 +192,76 @@ def _check_unique(ids: Sequence[str], lines: Sequence[int], path: PathLike) -> N
 # --------------------------------------------------------------------------------------------
 # AVA
 # --------------------------------------------------------------------------------------------
+_BOMS = (  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+    (b"\xff\xfe\x00\x00", "utf-32-le", "UTF-32"), (b"\x00\x00\xfe\xff", "utf-32-be", "UTF-32"),
+    (b"\xef\xbb\xbf", "utf-8", "UTF-8"), (b"\xff\xfe", "utf-16-le", "UTF-16"),
+    (b"\xfe\xff", "utf-16-be", "UTF-16"),
+)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _read_text_bytes(path) -> bytes:
+    """The bytes of a label file; a FIFO, device or socket is refused (ValueError naming the file
+    and what it is) without being read, so it cannot hang."""
+    import stat
+
+    from ku.data.images import special_file_reason
+
+    p = os.fspath(path)
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"{path}: is a folder, not a text file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: {special_file_reason(st, p)}")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _decode_text(raw: bytes, path, encoding: str) -> str:
+    """``raw`` decoded strictly. With the default UTF-8 a byte-order mark decides: UTF-8 (dropped),
+    UTF-16 or UTF-32 (decoded as such); NUL bytes without a mark (UTF-16 saved without one, or a
+    binary file) are refused. A mark that contradicts a declared ``encoding`` is refused. Errors
+    are ValueErrors naming the file, the line and the column."""
+    import codecs
+
+    declared = codecs.lookup(encoding).name
+    bom = next(((m, codec, name) for m, codec, name in _BOMS if raw.startswith(m)), None)
+    if bom is not None:
+        mark, codec, name = bom
+        if declared in ("utf-8", "utf-8-sig"):
+            raw, encoding = raw[len(mark):], codec
+        elif not declared.startswith(name.lower()):  # encoding="utf-16" reads its own mark
+            raise ValueError(f"{path}: starts with a {name} byte-order mark, but encoding={encoding!r} "
+                             f"was given; pass encoding={name.lower()!r} or save the file as UTF-8")
+    elif declared in ("utf-8", "utf-8-sig") and b"\x00" in raw:
+        line = raw[:raw.index(b"\x00")].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: NUL bytes in a text file: UTF-16 or UTF-32 without a "
+                         "byte-order mark, or not a text file; save it as UTF-8 (or pass its encoding)")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not valid {encoding} text (byte {raw[e.start:e.start + 1]!r} "
+                         f"at column {e.start - start + 1}); re-encode the file as UTF-8 (or tell the "
+                         "reader its encoding)") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def _text_lines(path, encoding: str = "utf-8"):
-    """``(lineno, text)`` of a text file, decoded strictly: a line that is not valid
-    ``encoding`` raises ValueError naming the file and the line (a UTF-8 byte-order mark is
-    dropped; UTF-16 files are recognised by their NUL bytes and named as such)."""
-    raw = Path(path).read_bytes()
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(raw) >= 4 and raw[1:4:2] == b"\x00\x00"):
-        raise ValueError(f"{path}: looks UTF-16 encoded (byte-order mark / NUL bytes); save it as "
-                         "UTF-8 or ASCII text")
-    if raw[:3] == b"\xef\xbb\xbf":
-        raw = raw[3:]
-    out = []
-    for lineno, line in enumerate(raw.splitlines(), 1):
-        try:
-            out.append((lineno, line.decode(encoding)))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: line {lineno}: not valid {encoding} text (byte "
-                             f"{line[e.start:e.start + 1]!r} at column {e.start + 1}); re-encode "
-                             f"the file as {encoding} (or tell the reader its encoding)") from None
-    return out
+    """``(lineno, text)`` of a text file (1-based; line breaks ``\\n``, ``\\r\\n`` or ``\\r``),
+    decoded strictly (see :func:`_decode_text`: BOMs, UTF-16 / UTF-32, errors name the file and
+    line; never replaced silently)."""
+    text = _decode_text(_read_text_bytes(path), path, encoding)
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return list(enumerate(lines, 1))
 
 
 def _no_data(path) -> ValueError:
@@ -225,9 +280,13 @@ def _warn_unknown_themes(theme, theme_index, source) -> list:
 
 def _parse_int(tok: str, path, lineno: int, what: str) -> int:
     try:
-        return int(tok)
+        value = int(tok)
     except ValueError:
         raise ValueError(f"{path}: line {lineno}: {what} is not an integer: {tok!r}") from None
+    if abs(value) > _INT64_MAX:
+        raise ValueError(f"{path}: line {lineno}: {what} is too large for a 64-bit integer: "
+                         f"{tok[:30]!r}{'...' if len(tok) > 30 else ''}")
+    return value
 
 
 def _read_ava_txt(path: Path):
@@ -246,6 +305,8 @@ def _read_ava_txt(path: Path):
              for j, t in enumerate(tok[2:12])]
         if min(c) < 0:
             raise ValueError(f"{path}: line {lineno}: negative vote count in {tok[2:12]}")
+        if sum(c) > _INT64_MAX:
+            raise ValueError(f"{path}: line {lineno}: vote counts sum to more than a 64-bit integer holds")
         ids.append(tok[1])
         counts.append(c)
         tags1.append(_parse_int(tok[12], path, lineno, "field 13 (semantic tag 1)"))
@@ -261,24 +322,24 @@ def _read_ava_txt(path: Path):
 def read_challenges(path: PathLike) -> dict[int, str]:
     """``challenges.txt`` / ``tags.txt``: lines ``id name`` (name may contain spaces)."""
     out = {}
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            tok = s.split(None, 1)
-            out[_parse_int(tok[0], path, lineno, "field 1 (id)")] = tok[1].strip() if len(tok) > 1 else ""
+    for lineno, line in _text_lines(path):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        tok = s.split(None, 1)
+        out[_parse_int(tok[0], path, lineno, "field 1 (id)")] = tok[1].strip() if len(tok) > 1 else ""
     return out
 
 
 def read_ava_test_list(path: PathLike) -> list[str]:
-    """An AVA image list (``*.jpgl``): one image id per line (a ``.jpg`` suffix is removed)."""
+    """An AVA image list (``*.jpgl``): one image id per line (a ``.jpg`` suffix is removed).
+    Decoded strictly (a byte-order mark is dropped, UTF-16 / UTF-32 with a mark are decoded,
+    anything else that is not UTF-8 raises ValueError naming the file and line)."""
     out = []
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            s = line.strip()
-            if s and not s.startswith("#"):
-                out.append(s[:-4] if s.lower().endswith(".jpg") else s)
+    for _, line in _text_lines(path):
+        s = line.strip()
+        if s and not s.startswith("#"):
+            out.append(s[:-4] if s.lower().endswith(".jpg") else s)
     return out
 
 
@@ -287,7 +348,8 @@ def read_ava(root: PathLike, images_dir: PathLike = "images", ava_file: PathLike
              test_list: PathLike | None = "aesthetics_image_lists/generic_test.jpgl",
              split: str | None = "hosu", seed: int = 0, image_ext: str = ".jpg",
              check_files: bool = True, vocabulary: Mapping | None = None,
-             val_fraction: float = 0.05, n_validation: int | float = 2000) -> pd.DataFrame:
+             val_fraction: float = 0.05, n_validation: int | float = 2000,
+             max_unknown_test_ids: float = 0.01) -> pd.DataFrame:
     """Read the AVA dataset (Murray et al. 2012) as an ids table with K = 10.
 
     ``AVA.txt`` lines: index, image id, vote counts for scores 1..10, semantic tag 1, tag 2,
@@ -306,20 +368,24 @@ def read_ava(root: PathLike, images_dir: PathLike = "images", ava_file: PathLike
         vocabulary: theme vocabulary (:func:`theme_vocabulary`); default: built from all challenge
             ids in ``ava_file`` (before any row is dropped), so it does not depend on which images
             are on disk. Stored in ``df.attrs["theme_vocabulary"]``.
+        max_unknown_test_ids: largest share of test-list ids allowed to be absent from
+            ``ava_file`` (default 1 %). More is an error: a wrong or damaged list (another
+            encoding, a byte-order mark, ids with a prefix) would otherwise silently move test
+            images into training. Ids *listed* in ``ava_file`` but missing on disk do not count.
     Returns:
         ids table with extra integer columns ``tag1``, ``tag2``. ``df.attrs``: ``missing`` (ids
         without image file), ``no_votes`` (ids with zero votes), ``theme_vocabulary``,
         ``challenges``, ``test_ids_not_found`` (count of test-list ids not in the table).
     Raises:
         ValueError: malformed ``AVA.txt`` line (file, line number and problem named), duplicate
-            id, unknown split.
+            id, unknown split, a test list that is empty or does not match ``ava_file``.
         FileNotFoundError: ``ava_file`` missing, or the test list missing for split "hosu"/"murray".
     """
     if split not in ("hosu", "murray", None):
         raise ValueError(f"split must be 'hosu', 'murray' or None, got {split!r}")
     root = Path(root).expanduser().resolve()
     ava_path = _resolve(root, ava_file)
-    if not ava_path.is_file():
+    if not ava_path.exists():
         raise FileNotFoundError(f"AVA label file not found: {str(ava_path)!r}")
     ids, counts, tags1, tags2, chal = _read_ava_txt(ava_path)
     if vocabulary is None:
@@ -342,8 +408,9 @@ def read_ava(root: PathLike, images_dir: PathLike = "images", ava_file: PathLike
 
     test_path = _resolve(root, test_list)
     test_ids = None
-    if test_path is not None and test_path.is_file():
+    if test_path is not None and test_path.exists():
         test_ids = read_ava_test_list(test_path)
+        _check_test_list(test_ids, ids, test_path, ava_path, max_unknown_test_ids, split)
     elif split is not None:
         raise FileNotFoundError(f"AVA test list not found: {str(test_path)!r} (needed for split={split!r}; "
                                 "pass split=None to read without a split)")
@@ -360,13 +427,31 @@ def read_ava(root: PathLike, images_dir: PathLike = "images", ava_file: PathLike
                  n_not_found, test_path)
     challenges = {}
     cpath = _resolve(root, challenges_file)
-    if cpath is not None and cpath.is_file():
+    if cpath is not None and cpath.exists():
         challenges = read_challenges(cpath)
     out.attrs.update(missing=list(missing), no_votes=list(no_votes),
                      theme_vocabulary={int(k): int(v) for k, v in vocabulary.items()},
                      challenges=challenges, test_ids_not_found=int(n_not_found), source=str(ava_path),
                      unknown_themes=_warn_unknown_themes(out["theme"], out["theme_index"], ava_path))
     return out
+
+
+def _check_test_list(test_ids: Sequence[str], known_ids: Sequence[str], path, ava_path,
+                     max_unknown: float, split=None) -> None:
+    """ValueError naming the test list when more than ``max_unknown`` of its ids are not in the
+    label file, or when it is empty and a ``split`` needs it (the split would silently differ
+    from the official one)."""
+    if not test_ids and split is not None:
+        raise ValueError(f"{path}: the test list holds no image ids (the split would put every "
+                         "image into training)")
+    known = set(known_ids)
+    unknown = [t for t in test_ids if t not in known]
+    if unknown and len(unknown) > float(max_unknown) * len(test_ids):
+        raise ValueError(
+            f"{path}: {len(unknown)} of {len(test_ids)} test ids ({len(unknown) / len(test_ids):.0%}) are not "
+            f"in {ava_path} (e.g. {_short_list([repr(u) for u in unknown])}); a wrong or damaged test list "
+            "would silently move test images into training. Fix the list (encoding, ids) or raise "
+            f"max_unknown_test_ids (now {max_unknown:g})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,7 +605,7 @@ def read_photonet(path: PathLike, images_dir: PathLike | None = None, image_ext:
     if split not in ("jia", None):
         raise ValueError(f"split must be 'jia' or None, got {split!r}")
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"Photo.net label file not found: {str(path)!r}")
     img_dir = Path(images_dir).expanduser().resolve() if images_dir is not None else path.parent / "images"
     ids, counts, mos, std, nv, lines = [], [], [], [], [], []
@@ -627,12 +712,20 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
     from ku.data.images import IMAGE_EXTENSIONS
 
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"label file not found: {str(path)!r}")
     text = "\n".join(line for _, line in _text_lines(path, encoding))
     if not text.strip():
         raise _no_data(path)
     data_lines = None
+    first_line = text.split("\n", 1)[0]
+    header = next(csv.reader([first_line], delimiter=sep)) if len(sep) == 1 else re.split(sep, first_line)
+    seen = set()
+    for col in (c.strip() for c in header):
+        if col in seen:  # pandas would rename the second one 'col.1' and use the first silently
+            raise ValueError(f"{path}: line 1: column {col!r} appears more than once in the header; "
+                             "rename or remove the duplicate")
+        seen.add(col)
     if len(sep) == 1:  # field counts per line (pandas would silently shift or drop fields)
         rd = csv.reader(io.StringIO(text), delimiter=sep)
         header = next(rd)
@@ -722,6 +815,10 @@ def read_label_csv(path: PathLike, images_dir: PathLike | None = None, id_column
     if theme_column:
         tv = numbers(theme_column, allow_nan=True, what="an integer challenge id")
         tv = np.nan_to_num(tv, nan=0.0)
+        if (np.abs(tv) > 2.0 ** 62).any():
+            i = int(np.flatnonzero(np.abs(tv) > 2.0 ** 62)[0])
+            raise ValueError(f"{path}: line {line_of(i)}: column {theme_column!r} is too large for a "
+                             f"challenge id: {raw[theme_column].iloc[i]!r}")
         if (tv != np.round(tv)).any():
             i = int(np.flatnonzero(tv != np.round(tv))[0])
             raise ValueError(f"{path}: line {line_of(i)}: column {theme_column!r} must be an integer "
