@@ -36,6 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ku.data import durable
 from ku.evaluation import mean_scores
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ __all__ = [
     "safe_name",
     "read_schedule_state",
     "ResumableBackup",
+    "HistoryLogger",
     "backup_epoch",
     "fit_aspect_batches",
 ]
@@ -74,15 +76,12 @@ def safe_name(text: str) -> str:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _atomic_write_text(path: Path, text: str, what: str = "training state") -> None:
+    """Write ``text`` durably (temporary name, fsync, rename; :mod:`ku.data.durable`); a failed
+    write raises :class:`~ku.data.durable.DiskWriteError` naming the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    durable.atomic_write(path, text, what=what)
 
 
 def _save_model_weights(model, path: Path) -> None:
@@ -342,18 +341,21 @@ class StagedLearningRate(keras.callbacks.Callback):
 
         path = self.best_weights_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name[:-len('.weights.h5')]}.tmp-{os.getpid()}.weights.h5")
+        tmp = durable.temp_path(path)
         try:
-            _save_model_weights(self.model, tmp)
-            with h5py.File(tmp, "a") as f:
-                f.attrs["ku_monitor"] = self.monitor
-                f.attrs["ku_best_value"] = float(self._state["best"])
-                f.attrs["ku_best_epoch"] = int(self._state["best_epoch"])
-            if path.exists():
-                # keep the previous best: if this process dies before the epoch's checkpoint, the
-                # resumed run re-runs the epoch and needs the best weights *before* it
-                os.replace(path, self._previous_best_path())
-            os.replace(tmp, path)
+            with durable.writing(path, "best weights"):
+                _save_model_weights(self.model, tmp)
+                with h5py.File(tmp, "a") as f:
+                    f.attrs["ku_monitor"] = self.monitor
+                    f.attrs["ku_best_value"] = float(self._state["best"])
+                    f.attrs["ku_best_epoch"] = int(self._state["best_epoch"])
+                durable.fsync_file(tmp, "best weights")  # on disk before it replaces anything
+                if path.exists():
+                    # keep the previous best: if this process dies before the epoch's checkpoint, the
+                    # resumed run re-runs the epoch and needs the best weights *before* it
+                    os.replace(path, self._previous_best_path())
+                os.replace(tmp, path)
+            durable.fsync_dir(path.parent)
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -736,6 +738,67 @@ def _read_history(path: Path):
     return df
 
 
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` (appending to ``history.csv``) that keeps one row per epoch
+    across resumes.
+
+    A run killed after an epoch's history row but before its checkpoint re-runs that epoch when
+    it resumes; plain ``CSVLogger(append=True)`` then writes the epoch twice. Before its first
+    row, this logger drops every row of that epoch and later ones (and a last line cut short by
+    a kill), rewriting the file durably (:func:`ku.data.durable.atomic_write`); rows are then
+    appended as usual.
+
+    Args:
+        filename: the CSV file (``run_dir/history.csv``).
+        separator: field separator.
+    """
+
+    def __init__(self, filename, separator: str = ","):
+        super().__init__(filename, separator=separator, append=True)
+        self._checked = False
+
+    def get_config(self):
+        return {"filename": self.filename, "separator": self.sep}
+
+    def on_train_begin(self, logs=None):
+        self._checked = False
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._checked:
+            self._checked = True
+            self._drop_rows_from(int(epoch))
+        super().on_epoch_end(epoch, logs)
+
+    def _drop_rows_from(self, epoch: int) -> None:
+        """Remove the rows of epochs >= ``epoch`` (and a cut last line) from the file."""
+        path = Path(self.filename)
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        kept = lines[:1]
+        for line in lines[1:]:
+            if not line.endswith("\n"):
+                continue  # cut by a kill
+            head = line.split(self.sep, 1)[0].strip()
+            if head.lstrip("-").isdigit() and int(head) >= epoch:
+                continue
+            kept.append(line)
+        new = "".join(kept)
+        if kept and not new.endswith("\n"):  # a header cut by a kill: start again
+            new, self.append_header = "", True
+        if new == text:
+            return
+        dropped = len(lines) - len(kept)
+        logger.info("%s: dropping %d row(s) of epoch %d and later (re-run after a resume)", path, dropped, epoch)
+        if self.csv_file is not None and not self.csv_file.closed:
+            self.csv_file.close()
+        durable.atomic_write(path, new, what="training history")
+        self.csv_file = open(path, "a", encoding="utf-8", newline="")
+        self.writer = None
+
+
 # ---------------------------------------------------------------------------------------------
 # crash-safe checkpoint (issue 8)
 
@@ -796,8 +859,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         folder = Path(self.backup_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = Path(self._weights_path)
-        tmp = folder / f".{path.name[:-len('.weights.h5')]}.tmp-{os.getpid()}.weights.h5"
-        try:
+        with durable.atomic_path(path, "checkpoint", fsync=self.fsync) as tmp:
             self.model.save_weights(str(tmp), overwrite=True)
             with h5py.File(tmp, "a") as f:
                 f.attrs[_BACKUP_EPOCH_ATTR] = int(self._current_epoch)
@@ -805,18 +867,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 for i, v in enumerate(_rng_variables(self.model)):
                     ds = group.create_dataset(f"{i:04d}", data=np.asarray(keras.ops.convert_to_numpy(v)))
                     ds.attrs["path"] = v.path
-            if self.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         _atomic_write_text(Path(self._training_metadata_path),
-                           json.dumps({"epoch": int(self._current_epoch), "batch": int(self._last_batch_seen)}))
+                           json.dumps({"epoch": int(self._current_epoch), "batch": int(self._last_batch_seen)}),
+                           what="checkpoint metadata")
 
     def _load_model(self):
         import h5py
@@ -866,7 +919,7 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
     Callbacks, in this order: :class:`ValidationCorrelation` (``val_srcc``, ``val_plcc``,
     ``val_mean_mse`` on the whole validation set), the :class:`StagedLearningRate` schedule (its
     best weights go to ``run_dir/best.weights.h5``, its state to ``run_dir/schedule_state.json``),
-    ``callbacks`` (extra), ``CSVLogger(run_dir/history.csv, append=True)`` and
+    ``callbacks`` (extra), :class:`HistoryLogger` (``run_dir/history.csv``, one row per epoch) and
     ``BackupAndRestore(run_dir/backup)`` (model + optimizer + epoch after every epoch; kept after
     training so that a later call with a larger ``max_epochs`` continues).
 
@@ -1010,7 +1063,7 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
     if not is_dataset and batch_size is None:
         batch_size = 128
 
-    csv_logger = keras.callbacks.CSVLogger(str(history_path), append=True)
+    csv_logger = HistoryLogger(str(history_path))
     cbs = [*([_dist.SyncBatchStatistics(strategy)] if strategy is not None else []),
            ValidationCorrelation(validation_data, batch_size=validation_batch_size or batch_size or 128),
            schedule, *callbacks, csv_logger,
@@ -1144,7 +1197,7 @@ def fit_aspect_batches(model, train_ids, train_targets, validation_ids=None, val
     cbs = [*([_dist.SyncBatchStatistics(strategy)] if strategy is not None else []), *callbacks]
     csv_logger = None
     if write_dir is not None:
-        csv_logger = keras.callbacks.CSVLogger(str(write_dir / "history.csv"), append=True)
+        csv_logger = HistoryLogger(str(write_dir / "history.csv"))
         cbs += [csv_logger, ResumableBackup(write_dir / "backup")]
     try:
         hist = model.fit(data, epochs=int(epochs), steps_per_epoch=plan.steps_per_epoch,
