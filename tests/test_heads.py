@@ -579,10 +579,17 @@ def test_feature_standardization_constant_channels_and_errors():
     x = np.random.default_rng(0).normal(size=(50, 4)).astype("float32")
     x[:, 1] = 7.0  # constant channel (e.g. a dead unit)
     x[:, 2] = 0.0
+    x[:, 3] *= 1e-4  # nearly constant: scaled at most 100x as much as a typical channel
     model = single_1fc(4, input_normalization=True)
     heads.adapt_head_input(model, x)
     inv = model.get_layer("input_norm").inv_std.numpy()
-    assert inv[1] == 0 and inv[2] == 0 and np.all(inv[[0, 3]] > 0.5)
+    rms = np.sqrt(np.mean(np.square(x.std(0, dtype=np.float64))))
+    assert inv[1] == 0 and inv[2] == 0
+    np.testing.assert_allclose(inv[0], 1 / x[:, 0].std(dtype=np.float64), rtol=1e-5)
+    np.testing.assert_allclose(inv[3], 1 / (1e-2 * rms), rtol=1e-5)
+    heads.adapt_head_input(model, x, min_std=0)
+    np.testing.assert_allclose(model.get_layer("input_norm").inv_std.numpy()[3],
+                               1 / x[:, 3].std(dtype=np.float64), rtol=1e-4)
     z = np.asarray(model.get_layer("input_norm")(np.full((1, 4), 1e6, "float32")))
     assert np.all(np.isfinite(z)) and z[0, 1] == 0 and z[0, 2] == 0
 
@@ -601,6 +608,8 @@ def test_feature_standardization_constant_channels_and_errors():
         layer.set_statistics(np.zeros(3), np.ones(3))
     with pytest.raises(ValueError, match=">= 0"):
         layer.set_statistics(np.zeros(4), -np.ones(4))
+    with pytest.raises(ValueError, match="min_std"):
+        layer.set_statistics(np.zeros(4), np.ones(4), min_std=2)
     clone = heads.FeatureStandardization.from_config(layer.get_config())
     assert clone.name == "input_norm"
 

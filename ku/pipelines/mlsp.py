@@ -48,13 +48,19 @@ def resolve_weights(backbone: str, weights, *, echo=print):
 
 
 def build_head(name: str, feature_shape, *, backbone: str = "inception_resnet_v2",
-               output: str = "mos", n_bins: int = 10, x_size: int | None = None):
-    """One of the heads of Hosu et al. 2019 Table 1 for features of ``feature_shape``."""
+               output: str = "mos", n_bins: int = 10, x_size: int | None = None,
+               input_normalization: bool = False):
+    """One of the heads of Hosu et al. 2019 Table 1 for features of ``feature_shape``.
+
+    ``input_normalization=True`` puts a per-channel standardisation first (set it with
+    :func:`ku.models.heads.adapt_head_input` before training; not in the paper, see
+    :class:`ku.models.heads.FeatureStandardization`).
+    """
     from ku.backbones import mlsp_block_channels
     from ku.models import heads
 
     name = name.lower().replace("-", "").replace("_", "")
-    kw = dict(output=output, n_bins=n_bins)
+    kw = dict(output=output, n_bins=n_bins, input_normalization=input_normalization)
     if name == "pool3fc":
         if len(feature_shape) != 3:
             raise ValueError(f"head 'pool3fc' needs wide features (H, W, C), got {feature_shape}")
@@ -134,6 +140,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     from ku.data.store import FeatureStore
     from ku.evaluation import predict_augmented, report_table, mean_scores
     from ku.extraction import extract_features
+    from ku.models.heads import adapt_head_input
     from ku.models.mlsp import mlsp_extractor
     from ku import distribute
     from ku.training import train
@@ -192,7 +199,10 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
 
     t = time.time()
     with distribute.scope(strategy):  # variables mirrored on every replica
-        model = build_head(head, feature_shape, backbone=backbone, output=target, n_bins=n_bins)
+        model = build_head(head, feature_shape, backbone=backbone, output=target, n_bins=n_bins,
+                           input_normalization=True)
+    # features of any scale (e.g. a random backbone's, ~1e-5) reach the paper's layers standardised
+    adapt_head_input(model, store_path, sets["training"]["image_id"].astype(str).tolist(), seed=seed)
     if target == "mos":
         init_output_bias(model, float(np.mean(targets["training"])))
     echo(f"[2/3] training {head} ({model.count_params():,} parameters) on "
