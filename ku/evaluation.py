@@ -216,6 +216,7 @@ def format_table(df) -> str:
         "SRCC": num(lambda v: f"{v:.3f}"),
         "PLCC": num(lambda v: f"{v:.3f}"),
         "accuracy": num(lambda v: f"{100 * v:.2f}%"),
+        "RMSE": num(lambda v: f"{v:.3f}"),
     }
     return df.to_string(index=False, na_rep="-",
                         formatters={k: f for k, f in formatters.items() if k in df.columns})

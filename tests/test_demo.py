@@ -32,8 +32,8 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory):
-    """Large enough for statistics on theme effects (built in ~1 s)."""
-    root = make_demo_set(tmp_path_factory.mktemp("demo") / "m", n_images=120, seed=0)
+    """Large enough for statistics on theme effects (built in ~1 s); the full theme model."""
+    root = make_demo_set(tmp_path_factory.mktemp("demo") / "m", n_images=120, seed=0, theme_effects=1.0)
     df = read_ava(root, split=None)
     truth = pd.read_csv(root / "demo_truth.csv", dtype={"image_id": str})
     assert (truth["theme"].to_numpy() == df.set_index("image_id").loc[truth["image_id"], "theme"].to_numpy()).all()
@@ -58,7 +58,7 @@ def test_layout_and_reader(small):
     df = read_ava(small)  # split="hosu"
     assert len(df) == N and df.attrs["missing"] == [] and df.attrs["no_votes"] == []
     test_ids = (small / "aesthetics_image_lists" / "generic_test.jpgl").read_text().split()
-    assert len(test_ids) == round(0.125 * N)
+    assert len(test_ids) == round(0.25 * N)
     assert set(df.loc[df["set"] == "test", "image_id"]) == set(test_ids)
     assert (df["set"] == "validation").sum() == 1
     assert df["n_votes"].between(100, 250).all()
@@ -82,7 +82,7 @@ def test_image_sizes_and_truth(small):
 
 def test_size_distribution_default_parameters(medium):
     side = (medium["height"] + medium["width"]) / 2
-    assert 320 < side.mean() < 440  # mostly small (CPU extraction on 8 crops per image)
+    assert 270 < side.mean() < 400  # mostly small (CPU extraction on 8 crops per image)
     assert medium[["height", "width"]].min().min() >= 200 and medium[["height", "width"]].max().max() <= 800
     assert (medium["height"] != medium["width"]).mean() > 0.5  # varied aspect ratios
 
@@ -94,11 +94,14 @@ def test_scores_follow_the_model(medium):
     assert spearmanr(generic["strength"], generic["mos"])[0] < -0.6  # stronger degradation, lower score
     # the score model, recomputed from the truth table (up to the N(0, 0.25^2) term)
     appeal = {s[0]: s[2] for s in demo.SOURCES}
-    pred = [demo.BASE_SCORE + appeal[r.source] - demo.THEME_WEIGHTS[r.theme][r.degradation] * r.strength
+    pred = [demo.BASE_SCORE + appeal[r.source] + demo.THEME_OFFSETS[r.theme]
+            - demo.THEME_WEIGHTS[r.theme][r.degradation] * r.strength
             - (demo.OFF_TOPIC_PENALTY if demo.THEMES[r.theme][2] not in (None, r.degradation) else 0)
             for r in m.itertuples()]
     resid = m["latent"] - np.clip(pred, 1.5, 9.5)
     assert abs(resid.mean()) < 0.15 and 0.1 < resid.std() < 0.4
+    # the recorded parts add up to the same model (theme_effects = 1)
+    np.testing.assert_allclose(m["content"] + m["theme_term"], pred, atol=2e-6)
 
 
 @pytest.mark.parametrize("theme,kind", [("Motion Blur", "motion_blur"), ("High Key", "overexposure"),
@@ -131,7 +134,8 @@ def test_degrade_strength_is_monotone():
 def test_cache_marker_and_rebuild(tmp_path, monkeypatch):
     monkeypatch.setenv("KU_CACHE_DIR", str(tmp_path / "cache"))
     root = make_demo_set(n_images=10, seed=3)
-    assert root == demo_dir(10, 3) == tmp_path / "cache" / "demo-v1-n10-s3"
+    assert root == demo_dir(10, 3) == tmp_path / "cache" / "demo-v2-n10-s3"
+    assert demo_dir(10, 3, theme_effects=0.5) == tmp_path / "cache" / "demo-v2-n10-s3-t0.5"
     marker = root / demo.MARKER
     t0 = marker.stat().st_mtime_ns
     assert make_demo_set(n_images=10, seed=3) == root and marker.stat().st_mtime_ns == t0  # reused
@@ -157,4 +161,38 @@ def test_load_demo(tmp_path, monkeypatch):
     df = load_demo(n_images=N, seed=0)
     assert len(df) == N and set(df["set"]) == {"training", "validation", "test"}
     m = load_demo(n_images=N, seed=0, split="murray")
-    assert (m["set"] == "validation").sum() == 1 and (m["set"] == "test").sum() == 3
+    assert (m["set"] == "validation").sum() == 1 and (m["set"] == "test").sum() == 6
+
+
+def test_theme_effects_change_votes_not_images(small, tmp_path):
+    themed = make_demo_set(tmp_path / "t", n_images=N, seed=0, theme_effects=1.0)
+    a, b = _digest(small), _digest(themed)
+    images = [k for k in a if k.startswith("images")]
+    assert len(images) == N and all(a[k] == b[k] for k in images)  # byte-identical images
+    assert a["AVA.txt"] != b["AVA.txt"]  # different votes
+    ta = pd.read_csv(small / "demo_truth.csv")
+    tb = pd.read_csv(themed / "demo_truth.csv")
+    np.testing.assert_array_equal(ta["content"], tb["content"])
+    np.testing.assert_array_equal(ta["theme_term"], tb["theme_term"])
+    # the default (theme_effects = 0) scores are content plus noise only
+    np.testing.assert_allclose(ta["latent"], np.clip(ta["content"] + (ta["latent"] - ta["content"]), 1.5, 9.5))
+    assert (ta["latent"] - ta["content"]).abs().max() < 1.5  # the N(0, 0.25^2) term, no theme part
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="theme_effects"):
+            make_demo_set(tmp_path / "bad", n_images=N, theme_effects=bad)
+
+
+@pytest.mark.parametrize("theme_effects,content_r2,oracle,oracle_theme", [
+    (0.0, 0.919, 0.951, 0.951), (0.5, 0.478, 0.692, 0.951), (1.0, 0.105, 0.299, 0.982)])
+def test_score_report_matches_the_documented_table(tmp_path, theme_effects, content_r2, oracle, oracle_theme):
+    """The variance shares and oracle SRCCs of the default 320-image set are the ones the module
+    docstring documents (a change of the generator must update the docs)."""
+    root = make_demo_set(tmp_path / "d", seed=0, theme_effects=theme_effects)
+    r = demo.score_report(root)
+    assert r["n_images"] == 320 and r["n_test"] == 80
+    assert r["content_r2"] == pytest.approx(content_r2, abs=6e-4)
+    assert r["oracle_srcc"] == pytest.approx(oracle, abs=6e-4)
+    assert r["oracle_theme_srcc"] == pytest.approx(oracle_theme, abs=6e-4)
+    assert r["noise"] == pytest.approx(1 - r["full_r2"]) and r["noise"] < 0.1
+    doc = demo.__doc__
+    assert f"{content_r2:.3f}".lstrip("0") in doc or f"{content_r2:.2f}" in doc

@@ -24,7 +24,7 @@ depend on ``n_images``):
    side ~ U(200, 330) px for 90% of the images and U(330, 560) for 10%, long side <= 800, both
    limited by what the source can give without upscaling (short side >= 200 always). A random
    crop of the source with that aspect (between the target size and the largest such crop) is
-   resized with ``cv2.INTER_AREA``. Mean side ~ 350 px (the demo extraction runs a CNN on 8 crops
+   resized with ``cv2.INTER_AREA``. Mean side ~ 330 px (the demo extraction runs a CNN on 8 crops
    of every image on CPU, so total pixels are kept small).
 3. **Theme** (AVA challenge): "Free Study" (generic, p = 0.4) or one of four special challenges
    (p = 0.15 each): "Motion Blur", "High Key", "Low Key", "Soft Focus". Each special challenge has
@@ -43,27 +43,58 @@ depend on ``n_images``):
    low_contrast   contrast around the mean scaled by 1 - 0.85 s
    ============== =====================================================================
 
-5. **Latent score** (1..10 scale)::
+5. **Latent score** (1..10 scale), the sum of what the pixels show and, scaled by
+   ``theme_effects`` (0 by default), what the challenge rewards::
 
-       latent = clip(6.0 + appeal[source] - w[theme][degradation] * s
-                     - 0.5 * [special theme and degradation != its signature] + e, 1.5, 9.5)
+       content = 6.0 + appeal[source] - w_generic[degradation] * s
+       theme   = offset[theme] - (w[theme][degradation] - w_generic[degradation]) * s
+                 - 0.5 * [special theme and degradation != its signature]
+       latent  = clip(content + theme_effects * theme + e, 1.5, 9.5),   e ~ N(0, 0.25^2)
 
-   with ``e ~ N(0, 0.25^2)`` and the weights of :data:`THEME_WEIGHTS`. Generic weights: blur 3.2,
-   motion blur 3.0, noise 2.6, JPEG 2.4, under- 2.6, overexposure 2.8, low contrast 2.0.
-   Challenges change what is rewarded (negative weight = reward, as in Jia et al. 2019 §I:
-   "theme 'Motion Blur' prefers blurred images"): Motion Blur rewards motion blur (-1.5); High
-   Key rewards overexposure (-1.2), punishes underexposure (4.0) and tolerates low contrast
-   (1.0); Low Key rewards underexposure (-1.2) and punishes overexposure (4.0); Soft Focus
-   rewards Gaussian blur (-1.0) and punishes noise (3.5). The 0.5 "off topic" penalty applies to
-   entries of a special challenge that lack its signature.
+   Generic weights ``w_generic`` (:data:`GENERIC_WEIGHTS`): blur 3.2, motion blur 3.0, noise 2.6,
+   JPEG 2.4, under- 2.6, overexposure 2.8, low contrast 2.0. Challenges change what is rewarded
+   (:data:`THEME_WEIGHTS`; negative weight = reward, as in Jia et al. 2019 §I: "theme 'Motion Blur'
+   prefers blurred images"): Motion Blur rewards motion blur (-1.5); High Key rewards
+   overexposure (-1.2), punishes underexposure (4.0) and tolerates low contrast (1.0); Low Key
+   rewards underexposure (-1.2) and punishes overexposure (4.0); Soft Focus rewards Gaussian blur
+   (-1.0) and punishes noise (3.5). The 0.5 "off topic" penalty applies to entries of a special
+   challenge that lack its signature, and each challenge has its own mean (:data:`THEME_OFFSETS`:
+   Free Study 0, Motion Blur +0.6, High Key -0.5, Low Key +0.5, Soft Focus -0.6; AVA's
+   challenges differ in mean score too).
+
+   ``theme_effects=0`` (the default; MLSP and APM, which do not see the theme) makes every score
+   a function of the pixels plus noise; ``theme_effects=1`` is the full theme model (the score of
+   a "Motion Blur" entry rises with its blur). The images are byte-identical for every value:
+   only the votes change. Share of the MOS variance explained (R^2 of a linear fit) and oracle
+   correlations, from :func:`score_report` (320 images, seed 0, test set of 80):
+
+   ============== ============ ============ ============= =================== =================
+   theme_effects  content R^2  theme adds   noise (e,     oracle test SRCC    oracle test SRCC
+                                            votes)        without the theme   with the theme
+   ============== ============ ============ ============= =================== =================
+   0 (default)    0.919        --           0.081         0.951               0.951
+   0.5 (themed)   0.478        0.445        0.077         0.692               0.951
+   1              0.105        0.860        0.035         0.299               0.982
+   ============== ============ ============ ============= =================== =================
+
+   The oracles know each image's source, degradation type and strength, and predict ``content``
+   (without the theme) or ``content + theme_effects * theme``. With the default, everything but
+   the 8% noise is visible in the pixels; ``scripts/train_theme_roi.py`` uses 0.5, where the theme
+   holds about half of the variance on top of the content.
+
 6. **Votes**: ``n ~ U{100..250}`` voters, each score drawn from a normal around ``latent`` with
    standard deviation ``vote_sd ~ U(1.1, 1.7)``, discretised to 1..10 (``P(k)`` = normal mass in
    ``[k - 0.5, k + 0.5]``, tails folded into 1 and 10), i.e. a multinomial histogram.
 
 ``demo_truth.csv`` records per image: ``image_id, source, grey, tag, theme, theme_name,
-degradation, strength, param_name, param, latent, vote_sd, n_votes, height, width, test``.
+degradation, strength, param_name, param, content, theme_term, latent, vote_sd, n_votes, height,
+width, test`` (``theme_term`` is ``theme`` above, before scaling by ``theme_effects``).
 
-The set is cached in ``$KU_CACHE_DIR/demo-v1-n<N>-s<seed>`` (default ``~/.cache/ku``). It is
+**Test set**: 25% of the images (80 of the default 320), so that a test SRCC of 0.7 is known to
+about +-0.15 (95% interval) rather than the +-0.3 of 30 images.
+
+The set is cached in ``$KU_CACHE_DIR/demo-v2-n<N>-s<seed>`` (``...-t<theme_effects>`` when the
+theme model is on; default ``~/.cache/ku``). It is
 built in a hidden sibling folder and renamed into place after the completion marker is written,
 so an interrupted build never looks complete and is simply rebuilt.
 """
@@ -88,19 +119,23 @@ __all__ = [
     "SOURCES",
     "THEMES",
     "DEGRADATIONS",
+    "GENERIC_WEIGHTS",
     "THEME_WEIGHTS",
+    "THEME_OFFSETS",
+    "N_IMAGES",
     "cache_dir",
     "demo_dir",
     "make_demo_set",
     "load_demo",
     "degrade",
+    "score_report",
 ]
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 MARKER = "DEMO_COMPLETE.json"
 _OUR_NAMES = {"AVA.txt", "challenges.txt", "tags.txt", "aesthetics_image_lists", "images",
               "demo_truth.csv", "README.txt", MARKER}
@@ -137,7 +172,8 @@ THEMES: dict[int, tuple[str, float, str | None]] = {
 DEGRADATIONS = ("gaussian_blur", "motion_blur", "noise", "jpeg", "underexposure", "overexposure",
                 "low_contrast")
 
-_GENERIC = {"none": 0.0, "gaussian_blur": 3.2, "motion_blur": 3.0, "noise": 2.6, "jpeg": 2.4,
+#: degradation -> score penalty per unit strength, outside any challenge (what the pixels show).
+GENERIC_WEIGHTS = _GENERIC = {"none": 0.0, "gaussian_blur": 3.2, "motion_blur": 3.0, "noise": 2.6, "jpeg": 2.4,
             "underexposure": 2.6, "overexposure": 2.8, "low_contrast": 2.0}
 
 #: challenge id -> {degradation: penalty per unit strength} (negative = reward).
@@ -149,10 +185,15 @@ THEME_WEIGHTS: dict[int, dict[str, float]] = {
     1005: {**_GENERIC, "gaussian_blur": -1.0, "noise": 3.5},
 }
 
+#: challenge id -> mean score offset of its entries (scaled by ``theme_effects``).
+THEME_OFFSETS: dict[int, float] = {1001: 0.0, 1002: 0.6, 1003: -0.5, 1004: 0.5, 1005: -0.6}
+
 BASE_SCORE = 6.0
 OFF_TOPIC_PENALTY = 0.5
 JPEG_QUALITY = 92
-TEST_FRACTION = 0.125
+TEST_FRACTION = 0.25
+#: default number of images of the demo set
+N_IMAGES = 320
 _ASPECTS = (1.0, 1.25, 4 / 3, 1.5, 1.6, 16 / 9)
 _MIN_SIDE, _MAX_SIDE = 200, 800
 
@@ -165,9 +206,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KU_CACHE_DIR", os.path.join("~", ".cache", "ku"))).expanduser()
 
 
-def demo_dir(n_images: int = 240, seed: int = 0) -> Path:
-    """Default location of the demo set ``(n_images, seed)``: ``cache_dir()/demo-v1-n<N>-s<seed>``."""
-    return cache_dir() / f"demo-v{DEMO_VERSION}-n{int(n_images)}-s{int(seed)}"
+def demo_dir(n_images: int = N_IMAGES, seed: int = 0, theme_effects: float = 0.0) -> Path:
+    """Default location of the demo set: ``cache_dir()/demo-v2-n<N>-s<seed>[-t<theme_effects>]``."""
+    suffix = f"-t{float(theme_effects):g}" if theme_effects else ""
+    return cache_dir() / f"demo-v{DEMO_VERSION}-n{int(n_images)}-s{int(seed)}{suffix}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +295,7 @@ def _geometry(rng: np.random.Generator, src_hw: tuple[int, int]) -> tuple[int, i
     H0, W0 = src_hw
     a = float(rng.choice(_ASPECTS))
     landscape = rng.random() < 0.65
-    short = rng.uniform(235, 400) if rng.random() < 0.9 else rng.uniform(400, 580)
+    short = rng.uniform(200, 330) if rng.random() < 0.9 else rng.uniform(330, 560)
     # largest crop of this aspect / orientation: long side along W (landscape) or H (portrait)
     long_src, short_src = (W0, H0) if landscape else (H0, W0)
     max_long = min(long_src, short_src * a)
@@ -286,7 +328,7 @@ def _vote_histogram(latent: float, sd: float, n: int, rng: np.random.Generator) 
     return rng.multinomial(n, p / p.sum())
 
 
-def _generate(root: Path, n_images: int, seed: int) -> None:
+def _generate(root: Path, n_images: int, seed: int, theme_effects: float) -> None:
     t0 = time.perf_counter()
     sources = _load_sources()
     g = np.random.default_rng([int(seed), 0])
@@ -318,8 +360,10 @@ def _generate(root: Path, n_images: int, seed: int) -> None:
         strength = 0.0 if kind == "none" else float(rng.uniform(0.15, 1.0))
         im, pname, pval = degrade(im, kind, strength, rng)
         off_topic = OFF_TOPIC_PENALTY if (signature is not None and kind != signature) else 0.0
-        latent = float(np.clip(BASE_SCORE + appeal - THEME_WEIGHTS[theme][kind] * strength - off_topic
-                               + rng.normal(0, 0.25), 1.5, 9.5))
+        content = BASE_SCORE + appeal - GENERIC_WEIGHTS[kind] * strength
+        theme_term = (THEME_OFFSETS[theme] - (THEME_WEIGHTS[theme][kind] - GENERIC_WEIGHTS[kind]) * strength
+                      - off_topic)
+        latent = float(np.clip(content + theme_effects * theme_term + rng.normal(0, 0.25), 1.5, 9.5))
         sd = float(rng.uniform(1.1, 1.7))
         n_votes = int(rng.integers(100, 251))
         votes = _vote_histogram(latent, sd, n_votes, rng)
@@ -331,7 +375,8 @@ def _generate(root: Path, n_images: int, seed: int) -> None:
         ava_lines.append(" ".join(map(str, [i + 1, ids[i], *votes.tolist(), tag, tag2, theme])))
         truth.append(dict(image_id=str(ids[i]), source=name, grey=int(grey), tag=tag, theme=theme,
                           theme_name=THEMES[theme][0], degradation=kind, strength=round(strength, 6),
-                          param_name=pname, param=round(float(pval), 6), latent=round(latent, 6),
+                          param_name=pname, param=round(float(pval), 6), content=round(content, 6),
+                          theme_term=round(theme_term, 6), latent=round(latent, 6),
                           vote_sd=round(sd, 6), n_votes=n_votes, height=h, width=w,
                           test=int(ids[i] in test_ids)))
 
@@ -350,9 +395,11 @@ def _generate(root: Path, n_images: int, seed: int) -> None:
     wr.writerows(truth)
     write(root / "demo_truth.csv", buf.getvalue())
     write(root / "README.txt",
-          f"ku demo set v{DEMO_VERSION}: {n_images} images, seed {seed}, AVA layout. Generated by "
+          f"ku demo set v{DEMO_VERSION}: {n_images} images, seed {seed}, theme_effects {theme_effects:g}, "
+          "AVA layout. Generated by "
           "ku.data.demo (see its module docstring for the score model); ground truth in demo_truth.csv.\n")
-    log.info("demo set n=%d seed=%d generated in %.1fs", n_images, seed, time.perf_counter() - t0)
+    log.info("demo set n=%d seed=%d theme_effects=%g generated in %.1fs", n_images, seed, theme_effects,
+             time.perf_counter() - t0)
 
 
 def _marker_params(root: Path) -> dict | None:
@@ -363,8 +410,9 @@ def _marker_params(root: Path) -> dict | None:
         return None
 
 
-def _wanted(n_images: int, seed: int) -> dict:
-    return {"version": DEMO_VERSION, "n_images": int(n_images), "seed": int(seed)}
+def _wanted(n_images: int, seed: int, theme_effects: float = 0.0) -> dict:
+    return {"version": DEMO_VERSION, "n_images": int(n_images), "seed": int(seed),
+            "theme_effects": float(theme_effects)}
 
 
 def _clean_stale(root: Path) -> None:
@@ -383,8 +431,8 @@ def _clean_stale(root: Path) -> None:
                 pass
 
 
-def make_demo_set(root: PathLike | None = None, n_images: int = 240, seed: int = 0,
-                  force: bool = False) -> Path:
+def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: int = 0,
+                  force: bool = False, theme_effects: float = 0.0) -> Path:
     """Build (or reuse) the demo set and return its folder (AVA layout, see the module docstring).
 
     Args:
@@ -392,18 +440,23 @@ def make_demo_set(root: PathLike | None = None, n_images: int = 240, seed: int =
         n_images: number of images (>= 8).
         seed: generator seed.
         force: rebuild even if a complete set is there.
+        theme_effects: strength of the challenges' effect on the scores (module docstring, step 5):
+            0 = scores from the pixels only (default), 1 = the full theme model. Images are
+            byte-identical for every value.
     Returns:
         ``pathlib.Path`` of the folder, usable as ``read_ava(root)``.
     Raises:
         FileExistsError: ``root`` exists, is not a demo set (complete or interrupted) and is not
             empty (never deletes foreign files).
     """
-    n_images, seed = int(n_images), int(seed)
+    n_images, seed, theme_effects = int(n_images), int(seed), float(theme_effects)
     if n_images < 8:
         raise ValueError(f"n_images must be >= 8, got {n_images}")
-    root = Path(root).expanduser() if root is not None else demo_dir(n_images, seed)
+    if not np.isfinite(theme_effects) or theme_effects < 0:
+        raise ValueError(f"theme_effects must be a finite number >= 0, got {theme_effects}")
+    root = Path(root).expanduser() if root is not None else demo_dir(n_images, seed, theme_effects)
     root = root.absolute()
-    if not force and _marker_params(root) == _wanted(n_images, seed):
+    if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects):
         return root
     if root.exists():
         if not root.is_dir():
@@ -417,9 +470,9 @@ def make_demo_set(root: PathLike | None = None, n_images: int = 240, seed: int =
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = root.parent / f".{root.name}.building-{token}"
     try:
-        _generate(tmp, n_images, seed)
+        _generate(tmp, n_images, seed, theme_effects)
         with open(tmp / MARKER, "w", encoding="utf-8") as f:  # written last
-            json.dump(_wanted(n_images, seed), f)
+            json.dump(_wanted(n_images, seed, theme_effects), f)
         old = None
         if root.exists():
             old = root.parent / f".{root.name}.old-{token}"
@@ -427,7 +480,7 @@ def make_demo_set(root: PathLike | None = None, n_images: int = 240, seed: int =
         try:
             os.rename(tmp, root)
         except OSError:
-            if _marker_params(root) == _wanted(n_images, seed):  # a concurrent build won the race
+            if _marker_params(root) == _wanted(n_images, seed, theme_effects):  # a concurrent build won the race
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise
@@ -439,8 +492,8 @@ def make_demo_set(root: PathLike | None = None, n_images: int = 240, seed: int =
     return root
 
 
-def load_demo(n_images: int = 240, seed: int = 0, split: str | None = "hosu", root: PathLike | None = None,
-              **kwargs):
+def load_demo(n_images: int = N_IMAGES, seed: int = 0, split: str | None = "hosu",
+              root: PathLike | None = None, theme_effects: float = 0.0, **kwargs):
     """Build/reuse the demo set and read it with :func:`ku.data.readers.read_ava`.
 
     ``kwargs`` go to ``read_ava`` (e.g. ``vocabulary``, ``val_fraction``). For ``split="murray"``
@@ -448,7 +501,42 @@ def load_demo(n_images: int = 240, seed: int = 0, split: str | None = "hosu", ro
     """
     from ku.data.readers import read_ava
 
-    path = make_demo_set(root=root, n_images=n_images, seed=seed)
+    path = make_demo_set(root=root, n_images=n_images, seed=seed, theme_effects=theme_effects)
     if split == "murray":
         kwargs.setdefault("n_validation", 0.05)
     return read_ava(path, split=split, seed=seed, **kwargs)
+
+
+def score_report(root: PathLike) -> dict:
+    """Where the scores of a demo set come from, read back from its files.
+
+    Returns a dict with the share of the MOS variance explained (R^2 of a linear fit) by
+    ``content`` alone (``content_r2``; all a model that does not see the theme can reach) and by
+    ``content + theme_effects * theme_term`` (``full_r2``); ``theme_adds = full_r2 - content_r2``,
+    ``noise = 1 - full_r2`` (latent noise and vote sampling). ``oracle_srcc`` /
+    ``oracle_theme_srcc``: test-set SRCC of oracles that know each image's source, degradation
+    type and strength, without / with the theme.
+    """
+    import pandas as pd
+    from scipy.stats import pearsonr, spearmanr
+
+    from ku.data.readers import read_ava
+
+    root = Path(root)
+    te = float((_marker_params(root) or {}).get("theme_effects", 0.0))
+    df = read_ava(root, split=None)
+    truth = pd.read_csv(root / "demo_truth.csv", dtype={"image_id": str})
+    m = df[["image_id", "mos"]].merge(truth, on="image_id", validate="1:1")
+    mos = m["mos"].to_numpy(float)
+    content = m["content"].to_numpy(float)
+    full = content + te * m["theme_term"].to_numpy(float)
+    test = m["test"].to_numpy(bool)
+    content_r2 = float(pearsonr(content, mos)[0] ** 2)
+    full_r2 = float(pearsonr(full, mos)[0] ** 2)
+    return {
+        "n_images": len(m), "n_test": int(test.sum()), "theme_effects": te,
+        "content_r2": content_r2, "full_r2": full_r2, "theme_adds": full_r2 - content_r2,
+        "noise": 1.0 - full_r2,
+        "oracle_srcc": float(spearmanr(content[test], mos[test])[0]),
+        "oracle_theme_srcc": float(spearmanr(full[test], mos[test])[0]),
+    }
