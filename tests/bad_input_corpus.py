@@ -291,7 +291,7 @@ def _run_unreadable(p):
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         def denied(path, *a, **k):
             raise PermissionError(13, "Permission denied", str(path))
-        with mock.patch("numpy.fromfile", denied):
+        with mock.patch("ku.data.images._open_readonly", denied):
             return read_image(p["path"])
     return read_image(p["path"])
 
@@ -416,6 +416,12 @@ def _ava(lines, vocabulary=None, split=None, test_list=True, images=True, raw=No
                     (d / "images" / f"{tok[1]}.jpg").write_bytes(b"\xff\xd8\xff")
         return {"path": str(d / AVA_FILE), "root": str(d), "vocabulary": vocabulary, "split": split}
     return make
+
+
+def _ava_utf16(d):
+    params = _ava([], raw=(GOOD_AVA + "\n").encode("utf-16"))(d)
+    (d / "images" / "953619.jpg").write_bytes(b"\xff\xd8\xff")
+    return params
 
 
 def _run_ava(p):
@@ -689,8 +695,9 @@ _CASES = [
          ("{path}", "line 2", "duplicate image id '953619'", "first on line 1")),
     Case("labels/ava_empty_file", "labels", "empty AVA.txt", "ValueError: file, no data lines",
          _ava([]), _run_ava, "error", ValueError, ("{path}", "no data lines")),
-    Case("labels/ava_utf16", "labels", "AVA.txt saved as UTF-16", "ValueError: file, looks UTF-16",
-         _ava([], raw=(GOOD_AVA + "\n").encode("utf-16")), _run_ava, "error", ValueError, ("{path}", "UTF-16")),
+    Case("labels/ava_utf16", "labels", "AVA.txt saved as UTF-16 (with byte-order mark)",
+         "read: decoded as UTF-16 (the mark says so)", _ava_utf16, _run_ava, "ok",
+         check=lambda df, p: _assert(df["image_id"].tolist() == ["953619"] and df["n_votes"].tolist() == [124.0])),
     Case("labels/ava_wrong_encoding", "labels", "AVA.txt with a Latin-1 byte in an id",
          "ValueError: file, line, column, byte", _ava([], raw=(GOOD_AVA + "\n").encode() +
                                                       b"2 95\xe958 10 7 15 33 34 19 3 0 2 0 14 47 1396\n"),
@@ -838,6 +845,302 @@ _CASES = [
                                                           "--images={d}/labels.csv"), None, "error",
          mention=("error:", "labels.csv", "'image_path'")),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# special files, encodings, overflow, write faults
+
+def _mk_special(kind, name="x.jpg"):
+    """A named pipe, a link to /dev/zero or a socket named like an image."""
+    def make(d):
+        import socket
+
+        import pytest
+
+        p = d / name
+        if kind == "fifo":
+            if not hasattr(os, "mkfifo"):
+                pytest.skip("no named pipes on this platform")
+            os.mkfifo(p)
+        elif kind == "dev_zero":
+            if not os.path.exists("/dev/zero"):
+                pytest.skip("no /dev/zero on this platform")
+            os.symlink("/dev/zero", p)
+        else:
+            if not hasattr(socket, "AF_UNIX"):
+                pytest.skip("no unix sockets on this platform")
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(p))
+            sock.close()
+        return {"path": str(p)}
+    return make
+
+
+def _mk_folder_special(d):
+    """3 good images + a named pipe + /dev/urandom behind a link, both named .jpg."""
+    import pytest
+
+    if not (hasattr(os, "mkfifo") and os.path.exists("/dev/urandom")):
+        pytest.skip("no named pipes or /dev/urandom on this platform")
+    good = [str(write_cv(d / f"good{i}.png", pattern(90, 96, seed=i))) for i in range(3)]
+    os.mkfifo(d / "pipe.jpg")
+    os.symlink("/dev/urandom", d / "random.jpg")
+    bad = [str(d / "pipe.jpg"), str(d / "random.jpg")]
+    table = {Path(x).stem: x for x in good[:1] + bad[:1] + good[1:] + bad[1:]}
+    return {"path": str(d), "table": table, "good": good, "bad": bad, "store": str(d / "store.h5")}
+
+
+def _in_thread(fn, timeout=60):
+    """``fn()`` in a daemon thread: a blocking read fails the case instead of hanging the suite."""
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    _assert(not t.is_alive(), "blocked reading a special file")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _read_nonblocking(p):
+    from ku.data.images import read_image
+
+    return _in_thread(lambda: read_image(p["path"]))
+
+
+def _check_special_report(report, p):
+    from ku.data.store import FeatureStore
+
+    failed = {Path(f["image_path"]).name: f["error"] for f in report.failed}
+    _assert(report.n_done == 3 and sorted(failed) == ["pipe.jpg", "random.jpg"], str(failed))
+    _assert("named pipe (FIFO)" in failed["pipe.jpg"], failed["pipe.jpg"])
+    _assert("character device (symbolic link to '/dev/urandom')" in failed["random.jpg"], failed["random.jpg"])
+    with FeatureStore(p["store"]) as s:
+        ids = list(p["table"])
+        _assert([ids[i] for i in np.flatnonzero(s.complete_mask())] == ["good0", "good1", "good2"])
+        _assert([ids[i] for i in np.flatnonzero(s.failed_mask())] == ["pipe", "random"])
+
+
+def _run_extract_special(p):
+    from ku.extraction import extract_features
+
+    return _in_thread(lambda: extract_features(p["table"], p["store"], tiny_extractor(), progress=False,
+                                               augmentations=["crop_tl", "crop_br_flip"]))
+
+
+def _run_check_special(p):
+    from ku.data.images import check_images
+
+    return _in_thread(lambda: check_images(p["path"]))
+
+
+def _check_check_special(df, p):
+    listed = {Path(x).name: e for x, e in zip(df["path"], df["error"])}
+    _assert(sorted(listed) == ["pipe.jpg", "random.jpg"], str(listed))
+    _assert(all("not a regular file" in e for e in listed.values()), str(listed))
+
+
+def _ava_test_list(raw):
+    """An AVA folder whose test list holds ``raw`` bytes (the ids 953619 and 953958 are in AVA.txt)."""
+    def make(d):
+        lines = [GOOD_AVA, "2 953958 10 7 15 33 34 19 3 0 2 0 14 47 1396", "3 954184 0 0 4 8 41 56 10 3 4 2 0 0 1396"]
+        params = _ava(lines)(d)
+        tl = d / "aesthetics_image_lists" / "generic_test.jpgl"
+        tl.write_bytes(raw)
+        return {**params, "test_list": str(tl), "split": "hosu"}
+    return make
+
+
+def _check_test_ids(df, p):
+    _assert(sorted(df.loc[df["set"] == "test", "image_id"]) == ["953619", "953958"],
+            str(df[["image_id", "set"]].values.tolist()))
+
+
+def _mk_challenges_utf16(d):
+    params = _ava([GOOD_AVA])(d)
+    (d / "challenges.txt").write_bytes("1396 Schärfe\n".encode("utf-16"))
+    return params
+
+
+def _mk_fifo_csv(d):
+    import pytest
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    os.mkfifo(d / "labels.csv")
+    return {"path": str(d / "labels.csv"), "kw": {}}
+
+
+def _run_csv_nonblocking(p):
+    return _in_thread(lambda: _run_csv(p))
+
+
+def _fault_once(target, name, err):
+    """Patch ``target.name`` to raise ``OSError(err)`` once; returns the undo function."""
+    real = getattr(target, name)
+    left = [1]
+
+    def fake(*a, **k):
+        if left[0]:
+            left[0] = 0
+            raise OSError(err, os.strerror(err))
+        return real(*a, **k)
+
+    setattr(target, name, fake)
+    return lambda: setattr(target, name, real)
+
+
+def _run_store_write_fault(err):
+    """write_rows of 2 rows with the write failing (``err``): DiskWriteError; the case also
+    asserts that neither row is marked complete afterwards."""
+    def run(p):
+        from ku.data.store import FeatureStore
+
+        with FeatureStore(p["path"], "r+") as s:
+            undo = _fault_once(FeatureStore, "_write_feature_runs", err)
+            try:
+                s.write_rows([1, 2], np.ones((2, 2, 8), np.float32))
+            finally:
+                undo()
+                with FeatureStore(p["path"]) as r:
+                    _assert(r.complete_mask().tolist() == [False] * 4 and not r.failed_mask().any(),
+                            "a failed write left a row marked complete")
+    return run
+
+
+def _mk_empty_store(d):
+    from ku.data.store import FeatureStore
+
+    FeatureStore.create(d / "s.h5", [f"i{k}" for k in range(4)], 2, (8,)).close()
+    return {"path": str(d / "s.h5")}
+
+
+def _run_extract_disk_full(p):
+    """extract_features with the second write failing (ENOSPC at fsync): the run stops with the
+    store named; the first 2 rows stay complete, no row is flagged failed."""
+    import ku.data.store as store_mod
+    from ku.data.store import FeatureStore
+    from ku.extraction import extract_features
+
+    calls = [0]
+    real = store_mod.fsync_file
+
+    def fsync(path, *a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(28, "No space left on device")
+        return real(path, *a, **k)
+
+    store_mod.fsync_file = fsync
+    try:
+        extract_features(p["table"], p["store"], tiny_extractor(), progress=False, flush_every=2,
+                         augmentations=["crop_tl", "crop_br_flip"])
+    finally:
+        store_mod.fsync_file = real
+        with FeatureStore(p["store"]) as s:
+            _assert(s.complete_mask().tolist() == [True, True, False, False] and not s.failed_mask().any())
+
+
+def _mk_four_images(d):
+    table = {f"im{i}": str(write_cv(d / f"im{i}.png", pattern(90, 96, seed=i))) for i in range(4)}
+    return {"path": str(d / "store.h5"), "store": str(d / "store.h5"), "table": table}
+
+
+def _run_open_truncated(p):
+    try:
+        _open_store(p)
+    except OSError as e:
+        _assert("another process" not in str(e), f"lock hint for a truncated file: {e}")
+        raise
+
+
+def _ava_overflow(d):
+    params = _ava([GOOD_AVA, "2 953958 99999999999999999999 7 15 33 34 19 3 0 2 0 14 47 1396"])(d)
+    return params
+
+
+_CASES += [
+    Case("image/named_pipe", "image", "a named pipe (FIFO) called x.jpg (mkfifo)",
+         "ImageReadError: not a regular file, a named pipe; never opened for reading (no hang)",
+         _mk_special("fifo"), _read_nonblocking, "error", IRE, ("{path}", "not a regular file", "named pipe (FIFO)")),
+    Case("image/dev_zero_link", "image", "symbolic link x.jpg -> /dev/zero",
+         "ImageReadError: not a regular file, a character device (the link's target checked, not "
+         "'empty file')", _mk_special("dev_zero"), _read_nonblocking, "error", IRE,
+         ("{path}", "not a regular file", "character device", "'/dev/zero'")),
+    Case("image/socket", "image", "a unix socket called x.jpg", "ImageReadError: not a regular file, a socket",
+         _mk_special("socket"), _read_nonblocking, "error", IRE, ("{path}", "not a regular file", "a socket")),
+    Case("batch/extract_folder_with_fifo", "batch",
+         "extraction of 5 files: 3 good + a named pipe + /dev/urandom behind a link",
+         "skip-and-report, no hang: the 3 good rows complete; pipe and device flagged 'failed' with "
+         "'not a regular file'", _mk_folder_special, _run_extract_special, "skip", check=_check_special_report),
+    Case("batch/check_images_special_files", "batch", "check_images over the same folder",
+         "both special files listed as 'not a regular file', the good ones not; no hang",
+         _mk_folder_special, _run_check_special, "skip", check=_check_check_special),
+    Case("batch/extract_disk_full", "batch", "extraction whose second write fails: disk full (ENOSPC)",
+         "DiskWriteError: the store, 'the disk is full', '2 of 4 rows are complete'; the run stops, the "
+         "failed rows stay incomplete (not 'failed'); a re-run continues", _mk_four_images,
+         _run_extract_disk_full, "error", "ku.data.durable.DiskWriteError",
+         ("{path}", "the disk is full", "2 of 4 rows are complete", "re-run")),
+    Case("store/write_disk_full", "store", "FeatureStore.write_rows on a full disk (ENOSPC)",
+         "DiskWriteError before any flag: the store, 'the disk is full', the rows stay incomplete",
+         _mk_empty_store, _run_store_write_fault(28), "error", "ku.data.durable.DiskWriteError",
+         ("{path}", "the disk is full", "2 row(s) failed, they stay incomplete")),
+    Case("store/write_io_error", "store", "FeatureStore.write_rows with an I/O error (EIO)",
+         "DiskWriteError before any flag: the store, 'input/output error', the rows stay incomplete",
+         _mk_empty_store, _run_store_write_fault(5), "error", "ku.data.durable.DiskWriteError",
+         ("{path}", "input/output error", "stay incomplete")),
+    Case("store/truncated_what_to_do", "store", "HDF5 store cut at 30 % (a full disk, an incomplete copy)",
+         "OSError: 'truncated or corrupt', 'delete it and re-run the extraction'; no 'another process' "
+         "hint (that one is for real lock errors)", _mk_store_cut(0.3), _run_open_truncated, "error", OSError,
+         ("{path}", "truncated or corrupt", "delete it and re-run the extraction")),
+    Case("labels/test_list_utf8_bom", "labels", "generic_test.jpgl with a UTF-8 byte-order mark",
+         "read: the mark is dropped, every listed id is a test image",
+         _ava_test_list(b"\xef\xbb\xbf953619\n953958\n"), _run_ava, "ok", check=_check_test_ids),
+    Case("labels/test_list_utf16", "labels", "generic_test.jpgl saved as UTF-16 (with byte-order mark)",
+         "read: decoded as UTF-16, every listed id is a test image",
+         _ava_test_list("953619\r\n953958\r\n".encode("utf-16")), _run_ava, "ok", check=_check_test_ids),
+    Case("labels/test_list_utf16_no_bom", "labels", "generic_test.jpgl in UTF-16 without byte-order mark",
+         "ValueError: the list, NUL bytes, 'UTF-16' (never decoded with replacement characters)",
+         _ava_test_list("953619\n953958\n".encode("utf-16-le")), _run_ava, "error", ValueError,
+         ("{test_list}", "NUL bytes", "UTF-16")),
+    Case("labels/test_list_not_in_labels", "labels", "test list whose ids are not in AVA.txt (2 of 3)",
+         "ValueError: the list, the count and examples; never a silent re-split",
+         _ava_test_list(b"953619\nx953958\ny954184\n"), _run_ava, "error", ValueError,
+         ("{test_list}", "2 of 3 test ids", "'x953958'", "would silently move test images into training")),
+    Case("labels/ava_int64_overflow", "labels", "AVA.txt vote count 99999999999999999999 (beyond int64)",
+         "ValueError: file, line, field, 'too large for a 64-bit integer' (was a bare OverflowError)",
+         _ava_overflow, _run_ava, "error", ValueError,
+         ("{path}", "line 2", "field 3 (votes for score 1)", "too large for a 64-bit integer")),
+    Case("labels/challenges_utf16", "labels", "challenges.txt saved as UTF-16 (with byte-order mark)",
+         "read: names decoded (not replacement characters)", _mk_challenges_utf16, _run_ava, "ok",
+         check=lambda df, p: _assert(df.attrs["challenges"] == {1396: "Schärfe"}, str(df.attrs["challenges"]))),
+    Case("labels/csv_duplicate_column", "labels", "CSV header 'image_id,mos,mos'",
+         "ValueError: file, line 1, the column named twice (pandas would silently use the first)",
+         _csv("image_id,mos,mos\na,5,6\n"), _run_csv, "error", ValueError,
+         ("{path}", "line 1", "column 'mos' appears more than once")),
+    Case("labels/csv_named_pipe", "labels", "label CSV that is a named pipe",
+         "ValueError: file, not a regular file, a named pipe (no hang)", _mk_fifo_csv, _run_csv_nonblocking,
+         "error", ValueError, ("{path}", "not a regular file", "named pipe")),
+    Case("cli/extract_int64_overflow", "cli", "extract_mlsp.py --ava_root=<AVA.txt with a vote count beyond int64>",
+         "'error:' with the file, line and field (no traceback, before TensorFlow)",
+         _cli("extract_mlsp.py", "--ava_root={d}/ava", "--out={d}/x.h5",
+              setup=lambda d: _ava_overflow(_mkdir(d / "ava"))), None, "error",
+         mention=("error:", "AVA.txt", "line 2", "too large for a 64-bit integer")),
+]
+
+
+def _mkdir(p):
+    p.mkdir()
+    return p
 
 
 def _assert(cond, msg="check failed"):
