@@ -2,6 +2,7 @@
 import hashlib
 import pickle
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -209,3 +210,39 @@ def test_check_same_layout_names_what_differs(tmp_path):
         with make("aug.h5", {"pooling": "wide"}, a=1) as s:
             with pytest.raises(FeatureStoreError, match="n_augmentations: aug.h5=1 ref.h5=8"):
                 check_same_layout(s, ref)
+
+
+def test_open_hint_truncated_is_not_a_lock_error():
+    """HDF5's truncation message contains 'sblock->base_addr' (which holds 'lock'): the hint must
+    say truncated / corrupt and what to do, not 'another process'."""
+    from ku.data.store import _open_hint
+
+    cut = _open_hint("unable to open file (truncated file: eof = 4096, sblock->base_addr = 0, stored_eof = 9000)")
+    assert "truncated or corrupt" in cut and "delete it and re-run" in cut and "another process" not in cut
+    lock = _open_hint("unable to lock file, errno = 11, error message = 'Resource temporarily unavailable'")
+    assert "another process" in lock
+    assert "not an HDF5 file" in _open_hint("file signature not found")
+
+
+def test_open_store_locked_by_another_writer(tmp_path):
+    """A real HDF5 lock error (another process holds the store open for writing) gets the hint."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "s.h5"
+    FeatureStore.create(p, ["a", "b"], 1, (4,)).close()
+    code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            f"from ku.data.store import FeatureStore; s = FeatureStore({str(p)!r}, 'r+'); s._h5(); "
+            "print('open', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        try:
+            FeatureStore(p, "r+")
+        except OSError as e:
+            assert str(p) in str(e) and "another process" in str(e) and "truncated" not in str(e), str(e)
+        else:
+            pytest.skip("HDF5 file locking is disabled here (HDF5_USE_FILE_LOCKING=FALSE?)")
+    finally:
+        holder.kill()
+        holder.wait()
