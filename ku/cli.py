@@ -909,5 +909,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILURE
 
 
+def model_commands(model_path, images: str = "photos/") -> str:
+    """The exact ``ku predict`` and ``ku export`` commands for a saved image -> score model; the
+    training scripts print them after writing ``model.keras``."""
+    model_path = Path(model_path)
+    out = model_path.parent
+    return (f"wrote the whole image -> score model: {model_path}\n"
+            f"  score images:  ku predict {images} --model {model_path} --out {out / 'scores.csv'}\n"
+            f"  export:        ku export --model {model_path} --out {out / 'exported'}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

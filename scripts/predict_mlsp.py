@@ -132,5 +132,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from ku.absl_app import run  # absl.app.run, exit 0 after --help
-    run(main)
+    from ku import absl_app  # absl.app.run, exit 0 after --help
+
+    absl_app.run(main)

@@ -64,7 +64,7 @@ flags.DEFINE_enum("fusion_criterion", "huber", ["huber", "cdloss", "kl", "mse"],
 flags.DEFINE_boolean("masked", True, "Exact padding masking (activations outside each image set "
                      "to zero after every layer). False = plain zero padding.")
 flags.DEFINE_integer("fc_units", 4096, "Width of the first FC layer (paper 3.2: 4096).")
-flags.DEFINE_integer("demo_images", 240, "Images in the demo set.")
+flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them are the test set).")
 flags.DEFINE_string("work_dir", None, "Output folder (default runs/apm_<variant>_<data>): weights, "
                     "config.json, teacher cache, predictions, metrics and plots.")
 flags.DEFINE_integer("seed", 0, "Seed of the split, the batch shuffling and the initial weights.")
@@ -298,13 +298,18 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
     config = {**arch, "global_max_branch": bool(m_epochs), "shorter_side": shorter,
               "fusion_weight": fusion_weight, "weights_file": "apm.weights.h5"}
     (work / "config.json").write_text(json.dumps(config, indent=2))
+    apm.apm_inference_model(model, fusion_weight).save(work / "model.keras")  # image -> distribution, mean
     seconds["total"] = time.time() - t0
     print(f"\nwrote {work}/: metrics.csv, test_predictions.csv, history.csv, scatter.png, "
           f"training_curves.png{', distributions.png' if dist_pred is not None else ''}, "
-          f"apm.weights.h5, config.json")
+          f"apm.weights.h5, config.json, model.keras")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    from ku.cli import model_commands
+
+    print("\n" + model_commands(work / "model.keras"))
 
 
 if __name__ == "__main__":
-    from ku.absl_app import run  # absl.app.run, exit 0 after --help
-    run(main)
+    from ku import absl_app  # absl.app.run, exit 0 after --help
+
+    absl_app.run(main)

@@ -39,7 +39,7 @@ flags.DEFINE_integer("max_epochs", None, "Upper bound on epochs; the staged sche
 flags.DEFINE_integer("stage_epochs", None, "Epochs per learning-rate stage (paper: 20; demo: 6).")
 flags.DEFINE_integer("patience", None, "Epochs without improvement before the lr drops (paper: 5; "
                      "demo: 3).")
-flags.DEFINE_integer("demo_images", 240, "Images in the demo set.")
+flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them are the test set).")
 flags.DEFINE_float("val_fraction", None, "Validation share of the non-test images (paper: 0.05; "
                    "demo: 0.15, since 5% of the demo set is ~10 images).")
 flags.DEFINE_string("work_dir", None, "Where the feature store, run and plots go "
@@ -178,6 +178,9 @@ def run(head=None, pooling=None):
 
     plots.training_curves(pd.read_csv(res.run_dir / "history.csv"), path=curves)
     print(f"\nplots: {scatter}, {curves}")
+    from ku.cli import model_commands
+
+    print("\n" + model_commands(res.run_dir / "model.keras"))
     print("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()))
     if res.failed:
         print(f"{len(res.failed)} image(s) could not be read and were skipped, e.g. "
@@ -192,5 +195,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from ku.absl_app import run  # absl.app.run, exit 0 after --help
-    run(main)
+    from ku import absl_app  # absl.app.run, exit 0 after --help
+
+    absl_app.run(main)

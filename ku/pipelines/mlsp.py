@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 HEADS = ("single1fc", "single3fc", "single3fc_do", "multi3fc", "pool3fc")
 
+#: the ridge probe holds at most this many feature values (float32) of training images in memory
+PROBE_VALUES = 4e8
+
 
 def resolve_weights(backbone: str, weights, *, echo=print):
     """Turn ``weights`` ("imagenet" | "auto" | "none" | None | path) into what build_backbone takes.
@@ -141,7 +144,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     from ku.evaluation import predict_augmented, report_table, mean_scores
     from ku.extraction import extract_features
     from ku.models.heads import adapt_head_input
-    from ku.models.mlsp import mlsp_extractor
+    from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
     from ku import distribute
     from ku.training import train
 
@@ -176,7 +179,6 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
         failed = report.failed
         echo("      " + report.summary())
     seconds["extract"] = time.time() - t
-    del extractor
 
     with FeatureStore(store_path) as store:
         ok = set(np.asarray(store.ids)[store.complete_mask()])
@@ -241,10 +243,29 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     seconds["test"] = time.time() - t
     rows = paper_rows if paper_rows is not None else (
         ("Pool-3FC (*)",) if backbone == "inception_resnet_v2" else ("Pool-3FC",))
-    table = report_table(y_true, y_pred, paper_rows=rows,
-                         label=f"ku {head} {pooling} ({backbone}, {wname}) on this data")
+    label = f"ku {head} {pooling} ({backbone}, {wname}) on this data"
+    table = report_table(y_true, y_pred, paper_rows=rows, label=label)
+    # what learning means on this split: the training mean and a ridge probe on the same features
+    t = time.time()
+    from ku.baselines import ridge_probe, store_features, with_baselines
+
+    y_train = sets["training"]["mos"].to_numpy(float)
+    # at most PROBE_VALUES feature values in memory: on AVA the probe sees a seeded subset
+    n_probe = int(min(len(y_train), max(3, PROBE_VALUES // int(np.prod(feature_shape)))))
+    pick = np.sort(np.random.default_rng(seed).choice(len(y_train), n_probe, replace=False))
+    train_ids = sets["training"]["image_id"].astype(str).to_numpy()[pick].tolist()
+    probe, alpha = ridge_probe(store_features(store_path, train_ids), y_train[pick],
+                               store_features(store_path, test_ids))
+    table = with_baselines(
+        table, y_true, y_pred, y_train, probe=probe,
+        probe_label=f"ridge probe on the stored features ({n_probe} training images, alpha {alpha:g})")
+    seconds["baselines"] = time.time() - t
     if chief:  # the other workers hold the same weights
         test_model.save(run_dir / "head.keras")
+        # the whole image -> score model, self-contained (`ku predict --model run_dir/model.keras`)
+        if extractor is None:
+            extractor = mlsp_extractor(backbone, weights=w, pooling=pooling)
+        mlsp_end_to_end(extractor, test_model).save(run_dir / "model.keras")
         (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=1))
     return MlspResult(table=table, y_true=y_true, y_pred=np.asarray(y_pred), test_ids=test_ids,
                       store_path=store_path, run_dir=run_dir, seconds=seconds,
