@@ -380,29 +380,62 @@ def _check_out(path: str, flag: str, suffixes=(".csv", ".json")) -> Path:
     return p
 
 
-class _Progress:
-    """A one-line counter on stderr (``\\r``-updated on a terminal, every 10% otherwise)."""
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
-    def __init__(self, total, enabled=True, stream=None):
-        self.total, self.enabled = total, enabled and total > 0
+
+class _Progress:
+    """One progress line on stderr for ``ku predict``: done/total, skipped, rate, elapsed, ETA.
+
+    On a terminal the line is rewritten after every image; otherwise one line every 10% or every
+    30 s. The rate reads ``images/s`` from 1 image/s up and ``s/image`` below, never "0.0
+    images/s". An image that takes longer than ``slow`` seconds gets its own line with its time
+    and size (large photos at full resolution can take minutes on a CPU).
+    """
+
+    def __init__(self, total, enabled=True, stream=None, slow=10.0, already=0,
+                 label="ku predict"):
+        self.total, self.enabled, self.label = total, enabled and total > 0, label
         self.stream = stream or sys.stderr
         self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.start, self.last_decile = time.time(), -1
+        self.start, self.last_decile, self.last_time = time.time(), -1, time.time()
+        self.slow, self.already = slow, already
+
+    def line(self, done, skipped, now=None):
+        elapsed = (now or time.time()) - self.start
+        new = done - self.already
+        if new > 0 and elapsed > 0:
+            per = elapsed / new
+            rate = f"{1 / per:.1f} images/s" if per <= 1 else f"{per:.1f} s/image"
+            eta = f", ETA {_clock(per * (self.total - done))}"
+        else:
+            rate, eta = "-- images/s", ""
+        return (f"{self.label}: {done}/{self.total} images ({100 * done // self.total}%), "
+                f"{skipped} skipped, {rate}, elapsed {_clock(elapsed)}{eta}")
+
+    def image_time(self, path, seconds, size=None):
+        """Report an image slower than ``self.slow`` seconds."""
+        if self.enabled and seconds > self.slow:
+            shape = f" ({size[0]}x{size[1]} px)" if size else ""
+            self.stream.write(("\n" if self.tty else "") + f"{self.label}: {path}{shape} took "
+                              f"{seconds:.1f} s\n")
+            self.stream.flush()
 
     def update(self, done, skipped):
         if not self.enabled:
             return
-        rate = done / max(time.time() - self.start, 1e-9)
-        line = (f"ku predict: {done}/{self.total} images ({100 * done // self.total}%), "
-                f"{skipped} skipped, {rate:.1f} images/s")
+        now = time.time()
+        text = self.line(done, skipped, now)
         if self.tty:
-            self.stream.write("\r" + line + ("\n" if done == self.total else ""))
+            self.stream.write("\r" + text + ("\n" if done == self.total else ""))
         else:
             decile = 10 * done // self.total
-            if decile == self.last_decile:
+            if decile == self.last_decile and now - self.last_time < 30 and done != self.total:
                 return
-            self.last_decile = decile
-            self.stream.write(line + "\n")
+            self.last_decile, self.last_time = decile, now
+            self.stream.write(text + "\n")
         self.stream.flush()
 
 
@@ -421,55 +454,177 @@ def _error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 
-def predict_files(module, items, *, max_pixels=None, progress=True):
+def _output_columns(module) -> list:
+    cols = ["image_id", "image_path", "mean_score"]
+    if getattr(module, "_scores", None) is not None:
+        cols += ["std_score"] + [f"dist_{k}" for k in range(1, int(module.n_outputs) + 1)]
+    return cols
+
+
+def _score_one(module, path, theme, max_pixels):
+    """Read, size (ku.size_policy, resized on uint8) and score one image -> (outputs, (h, w))."""
+    import tensorflow as tf
+
+    from ku.data.images import ImageReadError, read_image
+    from ku.export import _resize_to
+    from ku.size_policy import SizePolicyError, policy_size
+
+    if not os.path.isfile(path):  # FIFOs, devices: never opened (they can block forever)
+        if os.path.exists(path):
+            raise ImageReadError(path, "not a regular file (e.g. a named pipe or a device); skipped")
+    img = read_image(path, max_pixels=max_pixels)  # the pixel limit is checked from the header
+    h, w = img.shape[:2]
+    try:
+        new = policy_size(h, w, min_side=module.min_side, max_side=module.max_side,
+                          small_images=module.small_images, max_aspect=module.max_aspect)
+    except SizePolicyError as e:
+        raise ImageReadError(path, str(e)) from None
+    x = _resize_to(tf.constant(img[None]), tf.constant(new, tf.int32))  # float32 at the new size
+    args = [x]
+    if module.takes_theme:
+        args.append(tf.constant([theme], tf.int64))
+    return module.predict_images(*args), (h, w)
+
+
+def predict_files(module, items, *, max_pixels=None, progress=True, on_row=None, done=(),
+                  label="ku predict"):
     """Score ``items`` (from :func:`collect_images`) one image at a time, skipping bad ones.
+
+    Each image is read with :func:`ku.data.images.read_image` (pixel limit checked from the
+    header before decoding), sized by ku's size policy (:mod:`ku.size_policy`: resized on uint8,
+    with the same TensorFlow op as the exported ``serving_default``) and scored with
+    ``module.predict_images``. Non-regular files (named pipes, devices) are skipped and reported.
 
     Args:
         module: a :class:`ku.export.ScoringModule`.
         items: ``[(image_id, path, theme), ...]``.
-        max_pixels: refuse images with more pixels (:func:`ku.data.images.read_image`).
-        progress: counter on stderr.
+        max_pixels: refuse images with more pixels (None: no limit).
+        progress: progress line on stderr (rate, elapsed, ETA; slow images reported).
+        on_row: called with each scored row (a dict) as soon as it is scored (``ku predict``
+            appends it to the output file).
+        done: image paths (``str``) already scored by an earlier run; skipped.
+        label: prefix of the progress line.
 
     Returns:
         ``(predictions, errors)``: a DataFrame (``image_id, image_path, mean_score`` and, for
-        distribution models, ``std_score, dist_1 .. dist_K``) and a DataFrame
-        ``image_id, image_path, error`` of the skipped images.
+        distribution models, ``std_score, dist_1 .. dist_K``) of the images scored now and a
+        DataFrame ``image_id, image_path, error`` of the skipped images.
     """
-    import numpy as np
     import pandas as pd
-    import tensorflow as tf
 
-    from ku.data.images import read_image
-
+    done = set(done)
     rows, errors = [], []
-    bar = _Progress(len(items), enabled=progress)
+    bar = _Progress(len(items), enabled=progress, already=sum(str(p) in done for _, p, _ in items),
+                    label=label)
     for i, (image_id, path, theme) in enumerate(items):
+        if str(path) in done:
+            continue
+        t0 = time.time()
         try:
-            img = read_image(path, max_pixels=max_pixels)
-            args = [tf.constant(img[None].astype(np.float32))]
-            if module.takes_theme:
-                args.append(tf.constant([theme], tf.int64))
-            out = module.predict_images(*args)
+            out, size = _score_one(module, path, theme, max_pixels)
         except Exception as e:  # noqa: BLE001 (batch work: skip and report)
-            errors.append({"image_id": image_id, "image_path": path, "error": _error_text(e)})
+            errors.append({"image_id": image_id, "image_path": str(path), "error": _error_text(e)})
         else:
-            row = {"image_id": image_id, "image_path": path,
+            row = {"image_id": image_id, "image_path": str(path),
                    "mean_score": float(out["mean_score"].numpy()[0])}
             if "distribution" in out:
                 row["std_score"] = float(out["std_score"].numpy()[0])
                 for k, v in enumerate(out["distribution"].numpy()[0], start=1):
                     row[f"dist_{k}"] = float(v)
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            bar.image_time(path, time.time() - t0, size)
         bar.update(i + 1, len(errors))
-    cols = ["image_id", "image_path", "mean_score"]
-    if rows and "std_score" in rows[0]:
-        cols += ["std_score"] + [c for c in rows[0] if c.startswith("dist_")]
+    cols = _output_columns(module)
     return (pd.DataFrame(rows, columns=cols),
             pd.DataFrame(errors, columns=["image_id", "image_path", "error"]))
 
 
+class _RowJournal:
+    """Rows of ``ku predict`` appended to a CSV as they are scored (flushed after each row), so
+    that an interrupted run (Ctrl-C, SIGKILL, a hung file) keeps what it scored, and a re-run of
+    the same command continues where it stopped.
+
+    The journal is the ``--out`` CSV itself (for ``.json`` outputs ``<out>.part.csv``, turned
+    into the JSON at the end). ``<out>.ku-run.json`` records the model and settings; a journal
+    written with other ones is started afresh, never mixed. A last line cut short by a kill is
+    dropped on resume.
+    """
+
+    def __init__(self, out: Path, columns, run_info: dict):
+        self.out, self.columns = out, list(columns)
+        self.path = out if out.suffix.lower() == ".csv" else out.with_name(out.name + ".part.csv")
+        self.stamp = out.with_name(out.name + ".ku-run.json")
+        self.run_info = run_info
+        self.done = self._resume()
+        self.file = open(self.path, "a", encoding="utf-8", newline="")
+        if self.file.tell() == 0:
+            self._write_line(self.columns)
+
+    def _resume(self) -> dict:
+        import pandas as pd
+
+        try:
+            same = (self.path.is_file() and self.stamp.is_file()
+                    and json.loads(self.stamp.read_text()) == self.run_info)
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if self.path.exists():
+                self.path.unlink()
+            self.stamp.write_text(json.dumps(self.run_info, indent=1))
+            return {}
+        data = self.path.read_bytes()
+        keep = data[:data.rfind(b"\n") + 1]  # a line cut short by a kill is dropped
+        if len(keep) != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(len(keep))
+        if not keep:
+            return {}
+        import io
+
+        df = pd.read_csv(io.BytesIO(keep), dtype={"image_id": str, "image_path": str})
+        if list(df.columns) != self.columns:
+            self.path.unlink()
+            return {}
+        return {str(p): r for p, r in zip(df["image_path"], df.to_dict("records"))}
+
+    def _write_line(self, values):
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        self.file.write(buf.getvalue())
+        self.file.flush()
+
+    def add(self, row: dict):
+        self._write_line([repr(row[c]) if isinstance(row[c], float) else row[c] for c in self.columns])
+
+    def close(self):
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+    def finish(self, items):
+        """All images done: write ``--out`` in input order (atomic replace), drop the journal."""
+        import pandas as pd
+
+        self.close()
+        df = pd.read_csv(self.path, dtype={"image_id": str, "image_path": str})
+        order = {str(p): k for k, (_, p, _) in enumerate(items)}
+        df = df[df["image_path"].isin(order)]
+        df = df.iloc[sorted(range(len(df)), key=lambda k: order[df["image_path"].iloc[k]])]
+        _write_predictions(df.reset_index(drop=True), self.out)
+        if self.path != self.out:
+            self.path.unlink()
+        return df
+
+
 def _write_predictions(df, path: Path):
-    tmp = path.with_name(path.name + ".part")
+    tmp = path.with_name(path.name + ".tmp")
     if path.suffix.lower() == ".json":
         dist_cols = [c for c in df.columns if c.startswith("dist_")]
         records = []
@@ -478,9 +633,17 @@ def _write_predictions(df, path: Path):
             if dist_cols:
                 rec["distribution"] = [r[c] for c in dist_cols]
             records.append(rec)
-        tmp.write_text(json.dumps(records, indent=1))
+        text = json.dumps(records, indent=1)
     else:
-        df.to_csv(tmp, index=False)
+        import io
+
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        text = buf.getvalue()
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -556,19 +719,36 @@ def _echo(args, text, err=True):
 
 
 def _cmd_predict(args) -> int:
+    from ku.size_policy import DEFAULT_MAX_PIXELS
+
     out = _check_out(args.out, "--out")
     items = collect_images(args.inputs, path_column=args.path_column, id_column=args.id_column,
                            theme_column=args.theme_column)
     if not items:
         raise UsageError("INPUTS", "no images given (the CSV inputs have no rows)")
-    if args.max_pixels is not None and args.max_pixels < 1:
-        raise UsageError("--max-pixels", f"must be a positive integer, got {args.max_pixels}")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise UsageError("--max-pixels", f"must be an integer >= 0 (0 = no limit), got {args.max_pixels}")
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     model, family = load_model(args)
     module = _module_for(args, model, family)
-    _echo(args, f"ku predict: scoring {len(items)} image(s) with {model.name} ({family})")
-    preds, errors = predict_files(module, items, max_pixels=args.max_pixels,
-                                  progress=not args.quiet)
-    _write_predictions(preds, out)
+    run_info = {"model": args.model, "weights": args.weights, "backbone": args.backbone,
+                "backbone_weights": args.backbone_weights, "family": family,
+                "model_name": model.name, "min_side": module.min_side, "max_side": module.max_side,
+                "small_images": module.small_images, "max_pixels": max_pixels,
+                "score_range": args.score_range, "n_bins": args.n_bins, "output": args.output}
+    journal = _RowJournal(out, _output_columns(module), run_info)
+    n_done = sum(str(p) in journal.done for _, p, _ in items)
+    _echo(args, f"ku predict: scoring {len(items) - n_done} image(s) with {model.name} ({family})"
+                + (f"; {n_done} already in {journal.path} from an earlier run" if n_done else ""))
+    try:
+        _, errors = predict_files(module, items, max_pixels=max_pixels, progress=not args.quiet,
+                                  on_row=journal.add, done=journal.done)
+    except KeyboardInterrupt:
+        journal.close()
+        print(f"\nku predict: interrupted; the scores so far are in {journal.path}; run the same "
+              "command again to continue", file=sys.stderr)
+        return 130
+    preds = journal.finish(items)
     err_path = out.with_name(out.name + ".errors.csv")
     if len(errors):
         errors.to_csv(err_path, index=False)
@@ -743,8 +923,9 @@ def _add_model_args(p):
                    help="values of the first and last bin of a distribution model, for the mean "
                         "and standard deviation (default: 1 .. K, e.g. AVA 1..10)")
     g.add_argument("--min-side", type=_non_negative_int,
-                   help="images with a shorter side are upscaled to it (default: the family's, 75 "
-                        "px for the Inception backbones of MLSP; 0 = never)")
+                   help="images with a shorter side are upscaled to it (default: the backbone's "
+                        "minimum, 75 px for Inception, 32 for APM's ResNet; 0 = never); images "
+                        "more than 20 times longer than wide (or the reverse) are refused instead")
     g.add_argument("--max-side", type=_positive_int,
                    help="downscale images whose longer side exceeds this (area resize; bounds "
                         "memory; default: full resolution as in the papers)")
@@ -793,8 +974,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="theme-index column of CSV inputs, for theme models (default theme_index; "
                         "0 = unknown theme when absent)")
     p.add_argument("--max-pixels", type=int, metavar="N",
-                   help="skip images with more than N pixels instead of decoding them (default: "
-                        "no limit)")
+                   help="skip images with more than N pixels, read from the file header "
+                        "before decoding (default 50,000,000; 0 = no limit). Size policy: "
+                        "docs/bad_input.md")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress counter on stderr")
     _add_model_args(p)
 

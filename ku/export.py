@@ -95,13 +95,13 @@ __all__ = [
     "export_saved_model",
     "score_images",
     "decode_image_tf",
+    "decode_image_uint8_tf",
     "SMALL_IMAGE_POLICIES",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: What happens to images whose shorter side is below ``min_side``.
-SMALL_IMAGE_POLICIES = ("upscale", "error")
+from ku.size_policy import DEFAULT_MAX_PIXELS, MAX_ASPECT, SMALL_IMAGE_POLICIES  # noqa: E402
 
 #: Version of the export layout, written to ``<dir>/assets.extra/ku_export.json``.
 EXPORT_FORMAT = 1
@@ -315,52 +315,123 @@ register_family(ExportFamily(
 # --------------------------------------------------------------------------------------------
 # in-graph decoding and size policy
 # --------------------------------------------------------------------------------------------
-def decode_image_tf(data):
-    """Decode one encoded image (scalar ``tf.string``) to float32 ``(H, W, 3)`` RGB 0..255.
+def _composite_on_white(color, alpha):
+    """uint8 colour ``(H, W, C)`` and alpha ``(H, W, 1)`` -> uint8 ``round((c a + 255 (255 - a)) /
+    255)``: alpha compositing on white in exact integer arithmetic (uint16 holds the numerator,
+    at most 65,025; no tie can occur, so this equals OpenCV's float rounding)."""
+    import tensorflow as tf
+
+    a = tf.cast(alpha, tf.uint16)
+    num = tf.cast(color, tf.uint16) * a + tf.constant(255, tf.uint16) * (tf.constant(255, tf.uint16) - a)
+    return tf.cast((num + tf.constant(127, tf.uint16)) // tf.constant(255, tf.uint16), tf.uint8)
+
+
+def _to_rgb_uint8(img):
+    """uint8 ``(H, W, 1..4)`` (grey, grey + alpha, RGB, RGBA) -> uint8 RGB ``(H, W, 3)``."""
+    import tensorflow as tf
+
+    img = tf.ensure_shape(img, [None, None, None])
+    return tf.switch_case(tf.clip_by_value(tf.shape(img)[-1] - 1, 0, 3), [
+        lambda: tf.tile(img[..., :1], [1, 1, 3]),
+        lambda: tf.tile(_composite_on_white(img[..., :1], img[..., 1:2]), [1, 1, 3]),
+        lambda: img[..., :3],
+        lambda: _composite_on_white(img[..., :3], img[..., 3:4]),
+    ])
+
+
+def _png16_to_rgb_uint8(data):
+    """A 16-bit PNG -> uint8 RGB: alpha composited on white in 0..1 units, then
+    ``round(x * 255)`` (for opaque images ``round(x / 257)``, as OpenCV)."""
+    import tensorflow as tf
+
+    unit = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float64) / 65535.0
+    unit = tf.ensure_shape(unit, [None, None, None])
+    unit = tf.switch_case(tf.clip_by_value(tf.shape(unit)[-1] - 1, 0, 3), [
+        lambda: tf.tile(unit[..., :1], [1, 1, 3]),
+        lambda: tf.tile(unit[..., :1] * unit[..., 1:2] + (1.0 - unit[..., 1:2]), [1, 1, 3]),
+        lambda: unit[..., :3],
+        lambda: unit[..., :3] * unit[..., 3:4] + (1.0 - unit[..., 3:4]),
+    ])
+    return tf.cast(tf.clip_by_value(tf.round(unit * 255.0), 0.0, 255.0), tf.uint8)
+
+
+def decode_image_uint8_tf(data):
+    """Decode one encoded image (scalar ``tf.string``) to uint8 ``(H, W, 3)`` RGB.
 
     Equal to :func:`ku.data.images.read_image` (OpenCV) for JPEG, 8/16-bit PNG, BMP and WebP,
-    except that EXIF orientation is not applied: JPEG with the accurate integer DCT and fancy upsampling
-    (libjpeg defaults), grey -> RGB, alpha composited on white (``round((c a + (1 - a)) * 255)``
-    in 0..1 units), 16-bit -> ``round(x / 257)``. GIF (first frame), BMP and WebP via
-    ``tf.io.decode_image``. Graph-mode friendly (use inside ``tf.function``).
+    except that EXIF orientation is not applied: JPEG with the accurate integer DCT and fancy
+    upsampling (libjpeg defaults), grey -> RGB, alpha (also a palette PNG's ``tRNS``
+    transparency) composited on white, ``round((c a + 255 (255 - a)) / 255)``, 16-bit ->
+    ``round(x / 257)``. GIF (first frame), BMP and WebP via ``tf.io.decode_image``. One
+    difference: CMYK JPEGs (libjpeg's ``JCS_CMYK``, e.g. from print workflows) are converted to
+    RGB by TensorFlow's and OpenCV's libjpeg builds in different ways, so their pixels differ by
+    a few grey levels. 8-bit images stay 8-bit (3-4 bytes per pixel; a 16-bit PNG needs a
+    float64 pass). Graph-mode friendly (use inside ``tf.function``).
     """
     import tensorflow as tf
 
+    head = tf.strings.substr(tf.strings.join([data, b"\0" * 26]), 0, 26)
+    is_png = tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_png16 = tf.logical_and(is_png, tf.equal(tf.strings.substr(head, 24, 1), b"\x10"))
+
     def jpeg():
-        return tf.cast(tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                       tf.float64) / 255.0, tf.ones([0], tf.bool)
+        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
-    def png():
-        return tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16),
-                       tf.float64) / 65535.0, tf.ones([0], tf.bool)
+    def png8():
+        return _to_rgb_uint8(tf.io.decode_png(data, channels=0, dtype=tf.uint8))
 
-    def other():  # GIF (first frame), BMP; unknown formats raise TF's decode error
-        img = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
-        return tf.cast(img, tf.float64) / 255.0, tf.ones([0], tf.bool)
+    def other():  # GIF (first frame), BMP, WebP; unknown formats raise TF's decode error
+        return _to_rgb_uint8(tf.io.decode_image(data, channels=0, dtype=tf.uint8,
+                                                expand_animations=False))
 
-    head = tf.strings.substr(data, 0, 8)
-    is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
-    unit, _ = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.cond(is_png, png, other))
-    unit = tf.ensure_shape(unit, [None, None, None])
-    c = tf.shape(unit)[-1]
+    out = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.cond(
+        is_png16, lambda: _png16_to_rgb_uint8(data), lambda: tf.cond(is_png, png8, other)))
+    return tf.ensure_shape(out, [None, None, 3])
 
-    def grey():
-        return tf.tile(unit[..., :1], [1, 1, 3])
 
-    def grey_alpha():
-        a = unit[..., 1:2]
-        return tf.tile(unit[..., :1] * a + (1.0 - a), [1, 1, 3])
+def decode_image_tf(data):
+    """Decode one encoded image (scalar ``tf.string``) to float32 ``(H, W, 3)`` RGB 0..255:
+    :func:`decode_image_uint8_tf` as float32 (see there for what equals ``read_image``)."""
+    import tensorflow as tf
 
-    def rgb():
-        return unit[..., :3]
+    return tf.cast(decode_image_uint8_tf(data), tf.float32)
 
-    def rgba():
-        a = unit[..., 3:4]
-        return unit[..., :3] * a + (1.0 - a)
 
-    unit = tf.switch_case(tf.clip_by_value(c - 1, 0, 3), [grey, grey_alpha, rgb, rgba])
-    out = tf.clip_by_value(tf.round(unit * 255.0), 0.0, 255.0)
-    return tf.ensure_shape(tf.cast(out, tf.float32), [None, None, 3])
+def _header_hw(data):
+    """int64 ``[height, width]`` from the header of a JPEG, PNG, GIF, BMP or WebP file (nothing is
+    decoded); ``[-1, -1]`` where the header does not say (e.g. a WebP with an unknown chunk)."""
+    import tensorflow as tf
+
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, b"\0" * 32]), 0, 32),
+                                 tf.uint8), tf.int64)
+
+    def le(o, n):
+        return tf.add_n([b[o + k] * (256 ** k) for k in range(n)])
+
+    def be(o, n):
+        return tf.add_n([b[o + k] * (256 ** (n - 1 - k)) for k in range(n)])
+
+    def signed32(v):
+        return tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))
+
+    tag = tf.strings.substr(tf.strings.join([data, b"\0" * 16]), 12, 4)
+    vp8l = le(21, 4)
+    unknown = tf.constant([-1, -1], tf.int64)
+    webp = tf.where(tf.equal(tag, b"VP8X"), tf.stack([le(27, 3) + 1, le(24, 3) + 1]),
+                    tf.where(tf.equal(tag, b"VP8 "), tf.stack([le(28, 2) % 16384, le(26, 2) % 16384]),
+                             tf.where(tf.equal(tag, b"VP8L"),
+                                      tf.stack([(vp8l // 16384) % 16384 + 1, vp8l % 16384 + 1]),
+                                      unknown)))
+    bmp = tf.where(tf.equal(le(14, 4), 12), tf.stack([le(20, 2), le(18, 2)]),
+                   tf.stack([signed32(le(22, 4)), signed32(le(18, 4))]))
+    first = tf.strings.substr(data, 0, 4)
+    return tf.case([
+        (tf.io.is_jpeg(data), lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+        (tf.equal(tf.strings.substr(first, 0, 4), b"\x89PNG"), lambda: tf.stack([be(20, 4), be(16, 4)])),
+        (tf.equal(tf.strings.substr(first, 0, 3), b"GIF"), lambda: tf.stack([le(8, 2), le(6, 2)])),
+        (tf.equal(tf.strings.substr(first, 0, 2), b"BM"), lambda: bmp),
+        (tf.equal(first, b"RIFF"), lambda: webp),
+    ], default=lambda: unknown)
 
 
 def _known_format(data):
@@ -410,32 +481,60 @@ def _checked(x, ok, dummy, data):
     return tf.cond(ok, lambda: tf.identity(x), bad)
 
 
-def _resize_batch(images, min_side, max_side, policy, where):
-    """Apply the size policy to a float32 (B, H, W, 3) batch (see the module docstring)."""
+def _policy_checks(x, hw, min_side, policy, max_aspect, dummy, what):
+    """``x`` gated by the small-image checks of the size policy on ``hw`` (int32 ``[h, w]``):
+    below ``min_side`` with ``policy == "error"``, or too elongated to upscale (``what`` names
+    the image in the message, a list of strings and tensors)."""
+    import tensorflow as tf
+
+    if not min_side:
+        return x
+    short, long_ = tf.reduce_min(hw), tf.reduce_max(hw)
+    small = short < int(min_side)
+    if policy == "error":
+        return _checked(x, tf.logical_not(small), dummy, what + [
+            f"must be at least {min_side} x {min_side} pixels for this model (exported with "
+            "small_images=error); got height, width", hw])
+    if max_aspect is None:
+        return x
+    bad = tf.logical_and(small, tf.cast(long_, tf.float64) > float(max_aspect) * tf.cast(short, tf.float64))
+    return _checked(x, tf.logical_not(bad), dummy, what + [
+        f"is below the minimum side of this model ({min_side} px) and too elongated to upscale "
+        f"(aspect ratio > max_aspect={max_aspect:g}); height, width", hw])
+
+
+def _resize_to(images, new):
+    """Resize a (B, H, W, 3) batch (uint8 or float) to ``new`` (int32 ``[h, w]``) -> float32:
+    bilinear when enlarging, area averaging when shrinking, nothing when the size is ``new``.
+    TensorFlow's resize kernels read uint8 directly and write float32 only at the new size."""
     import tensorflow as tf
 
     hw = tf.shape(images)[1:3]
-    if min_side and policy == "error":
-        images = _checked(
-            images, tf.reduce_min(hw) >= int(min_side),
-            tf.zeros([1, int(min_side), int(min_side), 3], images.dtype),
-            [f"{where} must be at least {min_side} x {min_side} pixels for this model "
-             "(exported with small_images='error'); got height, width", hw])
-        images.set_shape([None, None, None, 3])
-        hw = tf.shape(images)[1:3]
-        min_side = None
-    if not min_side and not max_side:
-        return images
-    new = _target_size(hw, min_side, max_side)
 
-    def resized():  # bilinear when enlarging, area averaging when shrinking
+    def resized():
         return tf.cond(tf.reduce_any(new > hw),
                        lambda: tf.image.resize(images, new, method="bilinear"),
                        lambda: tf.image.resize(images, new, method="area"))
 
-    out = tf.cond(tf.reduce_all(tf.equal(new, hw)), lambda: images, resized)
+    out = tf.cond(tf.reduce_all(tf.equal(new, hw)), lambda: tf.cast(images, tf.float32), resized)
     out.set_shape([None, None, None, 3])
     return out
+
+
+def _resize_batch(images, min_side, max_side, policy, where, max_aspect=MAX_ASPECT):
+    """Apply the size policy to a (B, H, W, 3) batch (see the module docstring) -> float32."""
+    import tensorflow as tf
+
+    hw = tf.shape(images)[1:3]
+    images = _policy_checks(images, hw, min_side, policy, max_aspect,
+                            tf.zeros([1, int(min_side or 1), int(min_side or 1), 3], images.dtype),
+                            [f"{where}"])
+    images.set_shape([None, None, None, 3])
+    if policy == "error":
+        min_side = None
+    if not min_side and not max_side:
+        return tf.cast(images, tf.float32)
+    return _resize_to(images, _target_size(tf.shape(images)[1:3], min_side, max_side))
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +586,8 @@ def _make_module_class():
         ``predict_images`` in process, or save with :func:`export_saved_model`."""
 
         def __init__(self, model, family, n_bins=None, score_range=None, min_side="auto",
-                     max_side=None, small_images="upscale", theme=None):
+                     max_side=None, small_images="upscale", theme=None,
+                     max_pixels=DEFAULT_MAX_PIXELS, max_aspect=MAX_ASPECT):
             super().__init__(name="ku_scoring_module")
             fam = get_family(family)
             if small_images not in SMALL_IMAGE_POLICIES:
@@ -499,6 +599,12 @@ def _make_module_class():
                 if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
                                       or v < 1):
                     raise ValueError(f"{what} must be a positive integer or None, got {v!r}")
+            if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer))
+                                           or isinstance(max_pixels, bool) or max_pixels < 1):
+                raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+            if max_aspect is not None and not (isinstance(max_aspect, (int, float, np.number))
+                                               and max_aspect >= 1):
+                raise ValueError(f"max_aspect must be a number >= 1 or None, got {max_aspect!r}")
             if min_side and max_side and max_side < min_side:
                 raise ValueError(f"max_side={max_side} is smaller than min_side={min_side}")
             self.model = model
@@ -510,6 +616,8 @@ def _make_module_class():
             self.n_outputs, scores = _check_bins(model, fam, n_bins, score_range)
             self._scores = scores  # numpy (not tracked) or None
             self.min_side, self.max_side, self.small_images = min_side, max_side, small_images
+            self.max_pixels = None if max_pixels is None else int(max_pixels)
+            self.max_aspect = None if max_aspect is None else float(max_aspect)
             self._build_functions()
 
         # -- graph pieces ------------------------------------------------------------------
@@ -518,7 +626,7 @@ def _make_module_class():
             ``self._score``) and called by every signature, so the model graph is traced and
             saved once per export."""
             images = _resize_batch(images, self.min_side, self.max_side, self.small_images,
-                                   "images")
+                                   "images", self.max_aspect)
             b = tf.shape(images)[0]
             sizes = tf.tile(tf.shape(images)[1:3][None, :], [b, 1])
             raw = self.family.call(self.model, images, sizes,
@@ -554,17 +662,43 @@ def _make_module_class():
 
             def one(args):
                 i, data, th = args
-                data = _checked(data, _known_format(data), tf.io.encode_png(
-                    tf.zeros([1, 1, 3], tf.uint8)), [
-                    f"{where}: images[i] is not an encoded JPEG/PNG/GIF/BMP/WebP file; i =", i,
-                    ", first bytes:", tf.strings.substr(data, 0, 16)])
-                img = decode_image_tf(data)[None]
-                return self._raw(img, th[None] if self.takes_theme else None, where)[0]
+                return self._raw(self._decode_one(data, i, where),
+                                 th[None] if self.takes_theme else None, where)[0]
 
             index = tf.range(tf.size(images, out_type=tf.int32))
             raw = tf.map_fn(one, (index, images, themes),
                             fn_output_signature=tf.TensorSpec([self.n_outputs], tf.float32))
             return _summary(raw, self._scores)
+
+        def _decode_one(self, data, i, where):
+            """One encoded image -> float32 (1, h, w, 3) after the size policy: format check,
+            pixel limit from the header, 8-bit decoding, small-image checks, resize on uint8.
+            Every refusal names ``images[i]`` with its index (never the raw bytes)."""
+            name = [tf.strings.format(where + ": images[{}]", i)]
+            dummy = tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8))
+            data = _checked(data, _known_format(data), dummy, name + [
+                "is not an encoded JPEG, PNG, GIF, BMP or WebP file (other formats, e.g. TIFF or "
+                "PPM, and other bytes are not accepted; convert them to PNG or JPEG); length in "
+                "bytes:", tf.strings.length(data)])
+            if self.max_pixels is not None:
+                hw = _header_hw(data)
+                data = _checked(data, hw[0] * hw[1] <= self.max_pixels, dummy, name + [
+                    f"has more than max_pixels={self.max_pixels:,} pixels (from its header, not "
+                    "decoded); height, width:", hw])
+            img = decode_image_uint8_tf(data)
+            hw = tf.shape(img)[:2]
+            if self.max_pixels is not None:  # formats whose header size was not read (WebP)
+                img = _checked(img, tf.cast(hw[0], tf.int64) * tf.cast(hw[1], tf.int64)
+                               <= self.max_pixels, tf.zeros([1, 1, 3], tf.uint8), name + [
+                    f"has more than max_pixels={self.max_pixels:,} pixels; height, width:", hw])
+            img = _policy_checks(img, tf.shape(img)[:2], self.min_side, self.small_images,
+                                 self.max_aspect, tf.zeros([int(self.min_side or 1)] * 2 + [3], tf.uint8),
+                                 name)
+            min_side = None if self.small_images == "error" else self.min_side
+            img = img[None]
+            if min_side or self.max_side:
+                return _resize_to(img, _target_size(tf.shape(img)[1:3], min_side, self.max_side))
+            return tf.cast(img, tf.float32)
 
         def _floats(self, images, themes, where):
             r4 = tf.equal(tf.rank(images), 4)
@@ -633,6 +767,8 @@ def _make_module_class():
                 "min_side": self.min_side,
                 "max_side": self.max_side,
                 "small_images": self.small_images,
+                "max_pixels": self.max_pixels,
+                "max_aspect": self.max_aspect,
                 "signatures": sorted(self.signatures()),
             }
 
@@ -672,7 +808,8 @@ def _check_model(model):
 
 
 def make_scoring_module(model, *, family="mlsp", n_bins=None, score_range=None, min_side="auto",
-                        max_side=None, small_images="upscale", theme=None):
+                        max_side=None, small_images="upscale", theme=None,
+                        max_pixels=DEFAULT_MAX_PIXELS, max_aspect=MAX_ASPECT):
     """Wrap ``model`` in a :class:`ScoringModule` (in process; nothing is written).
 
     Args: see :func:`export_saved_model`.
@@ -682,12 +819,12 @@ def make_scoring_module(model, *, family="mlsp", n_bins=None, score_range=None, 
     """
     return ScoringModule(_check_model(model), family, n_bins=n_bins, score_range=score_range,
                          min_side=min_side, max_side=max_side, small_images=small_images,
-                         theme=theme)
+                         theme=theme, max_pixels=max_pixels, max_aspect=max_aspect)
 
 
 def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=None,
                        min_side="auto", max_side=None, small_images="upscale", theme=None,
-                       overwrite=False):
+                       overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, max_aspect=MAX_ASPECT):
     """Export a Keras model as a TensorFlow SavedModel that needs neither ku nor Keras to run.
 
     Signatures ``serving_default`` (encoded bytes), ``predict_images`` (float32 images) and, for
@@ -708,6 +845,10 @@ def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=N
             disables the check.
         max_side: downscale images whose longer side exceeds this (None = full resolution).
         small_images: ``"upscale"`` (default) or ``"error"`` for images below ``min_side``.
+        max_pixels: ``serving_default`` refuses an encoded image with more pixels, read from its
+            header before decoding (default 50,000,000; None: no limit).
+        max_aspect: an image below ``min_side`` whose longer side exceeds ``max_aspect`` times
+            its shorter side is refused instead of upscaled (default 20; None: no limit).
         theme: whether the signatures take ``theme`` (default: the family takes themes and the
             model has an input named ``theme``).
         overwrite: replace an existing non-empty ``path``.
@@ -727,7 +868,7 @@ def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=N
                          "folder (pass overwrite=True to replace it)")
     module = make_scoring_module(model, family=family, n_bins=n_bins, score_range=score_range,
                                  min_side=min_side, max_side=max_side, small_images=small_images,
-                                 theme=theme)
+                                 theme=theme, max_pixels=max_pixels, max_aspect=max_aspect)
     signatures = module.signatures()
     if path.exists() and overwrite:
         import shutil

@@ -2,7 +2,14 @@
 
 The head is a `.keras` file written by scripts/train_mlsp.py (runs/.../head.keras) or a released
 ava-mlsp `model_best_weights.h5` (--released). Images are scored at full resolution, as in the
-released predict_mlsp_wide notebook. Unreadable images are reported and skipped.
+released predict_mlsp_wide notebook, under ku's size policy (docs/bad_input.md "Size policy", the
+same as `ku predict`): more than --max_pixels pixels (read from the header) -> skipped; a shorter
+side below the backbone's 75 px -> upscaled (aspect kept; strips longer than 20x their width are
+skipped). Unreadable images and non-regular files (named pipes, devices) are reported and skipped.
+
+Each score is appended to --out as soon as it is computed, so an interrupted run (Ctrl-C, a kill)
+keeps what it scored; running the same command again continues where it stopped (the settings
+are recorded in <out>.ku-run.json; other settings start afresh).
 
 Example:
   python scripts/predict_mlsp.py --head_path=runs/pool3fc_wide_demo/run_pool3fc_wide_mos/head.keras \
@@ -29,7 +36,7 @@ flags.DEFINE_enum("backbone", "inception_resnet_v2", ["inception_resnet_v2", "in
 flags.DEFINE_string("weights", "imagenet", "Backbone weights: imagenet | auto | none | path.")
 flags.DEFINE_integer("seed", 0, "Seed (only matters for a random backbone).")
 flags.DEFINE_integer("max_pixels", 50_000_000, "Skip (and report) images with more pixels than "
-                     "this instead of running out of memory; 0 = no limit.", lower_bound=0)
+                     "this (read from the header, before decoding); 0 = no limit.", lower_bound=0)
 
 
 def check_writable(path, flag):
@@ -79,12 +86,13 @@ def main(argv):
         if "image_path" not in table.columns:
             raise SystemExit(f"error: --images={src}: no 'image_path' column (columns: {list(table.columns)})")
     import keras
-    import numpy as np
 
     import ku.layers  # noqa: F401  (registers ku layers for load_model)
     import ku.models.heads as heads
     from ku.backbones import BACKBONES
-    from ku.data.images import ImageReadError, list_images, read_image
+    from ku.cli import _RowJournal, predict_files
+    from ku.data.images import list_images
+    from ku.export import make_scoring_module
     from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
     from ku.pipelines.mlsp import resolve_weights
 
@@ -110,25 +118,33 @@ def main(argv):
         model = mlsp_end_to_end(extractor, head)
     except ValueError as e:  # the head was trained on other features (names both shapes)
         raise SystemExit(f"error: --head_path={head_path}: {e} (check --backbone)")
-    min_side = BACKBONES[FLAGS.backbone].min_size
-    rows, bad = [], []
-    bar = keras.utils.Progbar(len(paths), unit_name="image")
-    for i, p in enumerate(paths):
-        try:
-            x = read_image(p, max_pixels=FLAGS.max_pixels or None, min_side=min_side)[None].astype("float32")
-        except (ImageReadError, OSError) as e:
-            bad.append((str(p), str(e)))
-        else:
-            y = np.asarray(model(x, training=False))
-            rows.append({"image_path": str(p), "mos": float(y.ravel()[0]) if y.shape[-1] == 1
-                         else float(np.arange(1, y.shape[-1] + 1) @ y[0])})
-        bar.update(i + 1)
-    pd.DataFrame(rows).to_csv(FLAGS.out, index=False)
-    print(f"wrote {len(rows)} prediction(s) to {FLAGS.out}")
-    if bad:
-        print(f"{len(bad)} unreadable image(s) skipped:")
-        for p, e in bad:
-            print(f"  {p}: {e}")
+    # the size policy of `ku predict` and the export: min side of the backbone, upscaled
+    module = make_scoring_module(model, family="mlsp", min_side=BACKBONES[FLAGS.backbone].min_size)
+    items = [(p.stem, str(p), 0) for p in paths]
+    run_info = {"script": "predict_mlsp", "head_path": str(head_path.absolute()),
+                "released": FLAGS.released, "backbone": FLAGS.backbone, "weights": FLAGS.weights,
+                "seed": FLAGS.seed, "max_pixels": FLAGS.max_pixels}
+    Path(FLAGS.out).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+    journal = _RowJournal(Path(FLAGS.out).expanduser(), ["image_path", "mos"], run_info)
+    n_done = sum(p in journal.done for _, p, _ in items)
+    if n_done:
+        print(f"{n_done} image(s) already scored in {FLAGS.out} by an earlier run; continuing")
+    try:
+        _, errors = predict_files(
+            module, items, max_pixels=FLAGS.max_pixels or None, done=journal.done,
+            on_row=lambda r: journal.add({"image_path": r["image_path"], "mos": r["mean_score"]}),
+            label="predict_mlsp")
+    except KeyboardInterrupt:
+        journal.close()
+        print(f"\ninterrupted; the scores so far are in {FLAGS.out}; run the same command again to "
+              "continue", file=sys.stderr)
+        return 130
+    preds = journal.finish(items)
+    print(f"wrote {len(preds)} prediction(s) to {FLAGS.out}")
+    if len(errors):
+        print(f"{len(errors)} unreadable image(s) skipped:")
+        for _, r in errors.iterrows():
+            print(f"  {r['image_path']}: {r['error']}")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def test_no_ku_process_float_signature(no_ku_results, dist_model):
     ("dtype", "expected to be a float tensor but is a uint8 tensor"),
     ("range", "[max] [300]"),
     ("bytes_rank", "images must be a tf.string vector [batch]"),
-    ("not_image", "images[i] is not an encoded JPEG/PNG/GIF/BMP/WebP file; i =] [1]"),
+    ("not_image", "serving_default: images[1]] [is not an encoded JPEG, PNG, GIF, BMP or WebP file"),
 ])
 def test_no_ku_process_input_errors_are_clear(no_ku_results, case, expected):
     """Issue 8 item 4: wrong dtype / rank / channels / content -> a message naming the expected

@@ -192,7 +192,7 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
                                          feature_layer=feature_layer, input_shape=input_shape)
     images = keras.Input(shape=tuple(net.inputs[0].shape[1:]), name="image")
     sizes = keras.Input(shape=(2,), dtype="int32", name="valid_size")
-    features, fsizes = net([images, sizes])
+    features, fsizes = net(_upscale_small([images, sizes], backbone))
     x = SpatialPyramidPooling(levels, mode=spp_mode, l2_normalize=True, name=SPP)([features, fsizes])
     x = keras.layers.Dense(fc_units, activation="relu", name=FC1)(x)
     out_name = "mean" if variant == "mean" else "distribution"
@@ -208,6 +208,21 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
         outputs = {"distribution": p, "max_distribution": g}
     name = name or f"apm_{variant}" + ("_m" if global_max_branch else "")
     return keras.Model([images, sizes], outputs, name=name)
+
+
+def _upscale_small(inputs, backbone):
+    """ku's size policy (:mod:`ku.size_policy`) at APM's input: images below the backbone's
+    minimum side (32 px for ResNet / VGG16) are upscaled in the canvas by
+    :class:`ku.layers.MinSideUpscale`, so ``predict`` / ``__call__`` never see a feature map
+    that is empty; a fixed canvas that is large enough needs no layer."""
+    from ku.backbones import BACKBONES
+    from ku.layers.min_side import MinSideUpscale
+
+    spec = BACKBONES.get(backbone)
+    hw = tuple(inputs[0].shape[1:3])
+    if spec is None or (None not in hw and min(hw) >= spec.min_size):
+        return inputs
+    return MinSideUpscale(int(spec.min_size), name="min_side_upscale")(inputs)
 
 
 def spp_features_model(model: keras.Model) -> keras.Model:

@@ -113,12 +113,28 @@ def mlsp_extractor(
     return keras.Model(backbone_model.input, out, name=f"mlsp_{pooling}_{backbone}")
 
 
-def mlsp_end_to_end(extractor: keras.Model, head: keras.Model, name: str = "mlsp_end_to_end"):
+def mlsp_end_to_end(extractor: keras.Model, head: keras.Model, name: str = "mlsp_end_to_end",
+                    min_side="auto", small_images: str = "upscale"):
     """Image -> score model: ``head`` nested on top of ``extractor`` (Hosu et al. 2019 §3).
 
     Same as the released ``predict_mlsp_wide`` notebook: ``Model(extractor.input,
-    head(extractor.output))``; the output equals ``head(extractor(image))``. The extractor's
-    layers and the head are shared with the given models (train one, the other sees it).
+    head(extractor.output))``; the output equals ``head(extractor(image))`` for every image of at
+    least ``min_side`` pixels per side. The extractor's layers and the head are shared with the
+    given models (train one, the other sees it).
+
+    Small images follow ku's size policy (:mod:`ku.size_policy`): when the image input accepts
+    any size, a :class:`ku.layers.MinSideUpscale` layer (``min_side_upscale``) in front of the
+    extractor upscales a batch whose shorter side is below ``min_side`` (bilinear, aspect kept),
+    so ``predict`` and ``__call__`` score a 16 x 16 image instead of failing or returning NaN.
+
+    Args:
+        extractor: :func:`mlsp_extractor` model.
+        head: head model on the extractor's features.
+        name: model name.
+        min_side: the backbone's minimum side; ``"auto"``: from the extractor
+            (:func:`ku.extraction.resolve_min_side`, 75 for the Inception backbones); None: no
+            layer (images below the minimum then fail in the backbone).
+        small_images: ``"upscale"`` (default) or ``"error"`` (a clear error naming the minimum).
 
     Raises:
         ValueError: the head's input shape does not match the extractor's output.
@@ -133,7 +149,18 @@ def mlsp_end_to_end(extractor: keras.Model, head: keras.Model, name: str = "mlsp
                 f"mlsp_end_to_end: head {head.name!r} expects features {want}, but extractor "
                 f"{extractor.name!r} gives {got}"
             )
-    return keras.Model(extractor.input, head(feat), name=name)
+    from ku.extraction import resolve_min_side
+
+    min_side = resolve_min_side(extractor, min_side)
+    hw = tuple(extractor.input.shape[1:3])
+    if min_side is None or (None not in hw and min(hw) >= min_side):  # fixed size: nothing to do
+        return keras.Model(extractor.input, head(feat), name=name)
+    from ku.layers.min_side import MinSideUpscale
+
+    image = keras.Input(tuple(extractor.input.shape[1:]), name="image")
+    x = MinSideUpscale(int(min_side), small_images=small_images, name="min_side_upscale")(image)
+    feat = extractor._run_through_graph(x, operation_fn=lambda op: op)
+    return keras.Model(image, head(feat), name=name)
 
 
 def finetune_model(

@@ -192,8 +192,13 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
                                                               input_shape=(None, None, 3))
     pool_layer, stem_name = replaced_pool_layer(bb)
 
-    image = keras.Input(shape, name="image")
-    sizes = keras.Input((2,), dtype="int32", name="valid_size")
+    image_in = keras.Input(shape, name="image")
+    sizes_in = keras.Input((2,), dtype="int32", name="valid_size")
+    # ku's size policy (ku.size_policy): images below Inception-v3's 75 px are upscaled in the
+    # canvas (as far as a fixed canvas allows), so the stem never runs out of pixels
+    from ku.layers.min_side import MinSideUpscale
+
+    image, sizes = MinSideUpscale(75, name="min_side_upscale")([image_in, sizes_in])
     if masked:
         from ku.models.masking import masked_model
 
@@ -221,7 +226,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
     tail = keras.Model(pool_layer.output, bb.outputs[0])
     visual = tail._run_through_graph(pooled, operation_fn=lambda op: op)
     visual = keras.layers.GlobalAveragePooling2D(name="adaptive_avg_pool")(visual)
-    inputs = [image, sizes]
+    inputs = [image_in, sizes_in]
     if theme:
         theme_in = keras.Input((), dtype="int32", name="theme")
         inputs.append(theme_in)
