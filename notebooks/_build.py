@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import keras
 
-# FAST=1 (the test suite) runs a tiny configuration in well under a minute; the default is the
-# full demo run. Nothing here downloads anything except ImageNet weights when they are missing
+# FAST=1 (the test suite) runs a tiny configuration: minutes, not seconds, on a 2-core CPU
+# (2026-11-29, on a busy machine, load ~8: 00 in 172 s, 03 in 478 s); the default is the full
+# demo run. Nothing here downloads anything except ImageNet weights when they are missing
 # (and then ku says so and uses a randomly initialised backbone).
 FAST = os.environ.get("KU_NOTEBOOK_FAST", "0") == "1"
 WORK = Path(os.environ.get("KU_NOTEBOOK_WORKDIR", Path.home() / ".cache" / "ku" / "notebooks"))
@@ -80,8 +81,14 @@ The trained head plus the feature extractor make one Keras model that takes an i
 takes JPEG/PNG bytes) do the same outside Python.'''),
     code('''from ku.models.mlsp import mlsp_extractor, mlsp_end_to_end
 from ku.pipelines.mlsp import resolve_weights
+from ku.backbones import check_same_backbone
+from ku.data.store import FeatureStore
 head = keras.models.load_model(result.run_dir / "head.keras")
+# The head only makes sense on the backbone its training features came from: ImageNet weights, or
+# (offline) the same seeded random network, which build_backbone gives in every process (seed 0).
 extractor = mlsp_extractor(cfg["backbone"], weights=resolve_weights(cfg["backbone"], "auto"), pooling=cfg["pooling"])
+with FeatureStore(result.store_path) as store:
+    check_same_backbone(store.attrs, extractor)  # raises BackboneMismatchError for another backbone
 model = mlsp_end_to_end(extractor, head)
 image = read_image(ids["image_path"].iloc[0])
 print("image", image.shape, "-> predicted MOS", float(model.predict(image[None].astype("float32"), verbose=0).ravel()[0]))'''),
@@ -243,6 +250,9 @@ teacher_weights = "imagenet" if weights == "imagenet" else None   # no ImageNet 
 sem_ids = parts["training"].iloc[:16] if FAST else parts["training"]
 targets, failed = semantic.teacher_targets(sem_ids, WORK / "teacher.h5", weights=teacher_weights,
                                            image_size=64 if FAST else 224, verbose=0)
+# A second run reads the cached targets instead of building the teacher, which would leave the
+# random generators elsewhere: re-seed, so both runs train the same student and give the same numbers.
+keras.utils.set_random_seed(1)
 student = semantic.student_model(BACKBONE, weights)
 semantic.train_student(student, sem_ids, targets, shorter_side=SHORTER, batch_size=8, epochs=1, verbose=0)
 print("copied", apm.copy_backbone_weights(student, model), "layers from the student")'''),
@@ -305,7 +315,12 @@ model has something to learn.'''),
 ids = load_demo(n_images=40 if FAST else 240, seed=0, root=WORK / "demo", val_fraction=0.2 if FAST else 0.15)
 CANVAS, ROI, EPOCHS = (160, 36, 1) if FAST else (320, 73, 2)
 sets = {k: ids[ids["set"] == k] for k in ("training", "validation", "test")}
-print({k: len(v) for k, v in sets.items()}, "| themes:", sorted(ids.theme.unique()), f"| canvas {CANVAS} (paper 800), ROI {ROI} (paper 146)")'''),
+from PIL import Image
+from ku.data.demo import THEMES
+THEME_NAME = {int(i): THEMES[int(c)][0] for i, c in zip(ids.theme_index, ids.theme)}   # index -> AVA challenge name
+print({k: len(v) for k, v in sets.items()}, "| themes:", sorted(THEME_NAME.values()), f"| canvas {CANVAS} (paper 800), ROI {ROI} (paper 146)")
+big = sum(max(Image.open(p).size) > CANVAS for p in ids.image_path)
+print(f"{big} of {len(ids)} images are larger than the {CANVAS}x{CANVAS} canvas: scaled down to fit (area, aspect kept)")'''),
     md('''## 1. ROI pooling (eqs. 1-3)
 The box is mapped onto the feature map by rounding (eq. 1); bin `m` of the output spans
 `floor(m rho) .. ceil((m + 1) rho)` (eqs. 2-3); max pooling. Values outside the box never matter.'''),
@@ -321,11 +336,13 @@ Original, mirrored, and four corner crops keeping the aspect ratio (1/8 cut off)
 step in training, all six averaged at test time.'''),
     code('''import matplotlib.pyplot as plt
 from ku.data.canvas import canvas_dataset
-ds = canvas_dataset(sets["training"], canvas=CANVAS, training=True, batch_size=4, seed=0)
+ds = canvas_dataset(sets["training"], canvas=CANVAS, training=True, batch_size=4, seed=0, log_resized=False)
 inputs, dist = next(iter(ds))
-fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
 for ax, img, size, th in zip(axes, inputs["image"].numpy(), inputs["valid_size"].numpy(), inputs["theme"].numpy()):
-    ax.imshow(img.astype("uint8")); ax.set_title(f"valid {tuple(size)}, theme {th}"); ax.axis("off")
+    ax.imshow(img.astype("uint8")); ax.axis("off")
+    ax.set_title(f"{THEME_NAME.get(int(th), 'unknown theme')}\\nimage {int(size[0])} x {int(size[1])} on {CANVAS} x {CANVAS}", fontsize=9)
+fig.tight_layout()
 plt.show()'''),
     md('''## 3. The model: Inception-v3 with ROI pooling, theme embedding, softmax
 All layers other than the replaced pooling keep `keras.applications`' weights. Without ImageNet
@@ -347,7 +364,7 @@ print(f"{build(True).count_params():,} parameters")'''),
 for theme in (True, False):
     keras.utils.set_random_seed(0)
     model = build(theme)
-    common = dict(canvas=CANVAS, theme=theme)
+    common = dict(canvas=CANVAS, theme=theme, log_resized=False)   # the count was printed above
     train = canvas_dataset(sets["training"], training=True, batch_size=8, seed=0, **common)
     val = canvas_dataset(sets["validation"], training=False, batch_size=8, **common)
     train_theme_roi(model, train, val, run_dir=WORK / f"jia_{'theme' if theme else 'notheme'}", epochs=EPOCHS,

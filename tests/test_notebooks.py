@@ -1,5 +1,8 @@
-"""Every notebook in notebooks/ runs top to bottom (small configuration: KU_NOTEBOOK_FAST=1)."""
+"""Every notebook in notebooks/ runs top to bottom (small configuration: KU_NOTEBOOK_FAST=1) and
+shows its figures: run with the Jupyter kernel's inline Matplotlib backend (as a reader runs
+them), every code cell that draws (``plt.show()``) must have an image/png output."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+INLINE = "module://matplotlib_inline.backend_inline"
 
 
 def test_there_is_a_notebook_per_paper():
@@ -15,16 +19,66 @@ def test_there_is_a_notebook_per_paper():
     assert {"00_quickstart", "01_mlsp_hosu2019", "02_apm_murray2017", "03_theme_roi_jia2019"} <= names
 
 
+def figure_cells(nb):
+    """Indices of the code cells that draw a figure."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "plt.show()" in c.source]
+
+
+def pngs(cell):
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs_and_shows_its_figures(path, tmp_path, monkeypatch):
     monkeypatch.setenv("KU_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("KU_NOTEBOOK_WORKDIR", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", INLINE)  # figures land in the outputs, as in Jupyter
     nb = nbformat.read(path, as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         f"{path.name} is committed with outputs; strip them (python notebooks/_build.py)"
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    expected = figure_cells(nb)
+    assert expected, f"{path.name} draws no figure"
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
+    t = time.perf_counter()
     client.execute()
+    print(f"{path.name}: {time.perf_counter() - t:.0f} s (FAST)")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    missing = [i for i in expected if pngs(nb.cells[i]) == 0]
+    assert not missing, (f"{path.name}: cells {missing} draw a figure but have no image/png "
+                         f"output: {[nb.cells[i].source[:80] for i in missing]}")
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "np.int32(" not in text and "np.int64(" not in text and "np.float" not in text
+    assert text.count("scaled down to") <= 1, "one summary line, not one line per image"
+
+
+def _run(path, workdir):
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
+
+
+def _result_text(nb):
+    """The printed numbers of a run (text and table outputs; timings left out)."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for o in c.outputs:
+            t = o.get("text", "") or o.get("data", {}).get("text/plain", "")
+            out += [ln for ln in t.splitlines() if "fusion weight" in ln or "KL" in ln or "ku " in ln]
+    return out
+
+
+def test_notebook_02_gives_the_same_numbers_on_a_second_run(tmp_path, monkeypatch):
+    """A re-run in the same work dir reads the cached teacher targets instead of building the
+    teacher; the numbers (fusion weight, Table 1 rows) must not change."""
+    path = next(p for p in NOTEBOOKS if p.stem == "02_apm_murray2017")
+    monkeypatch.setenv("KU_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("KU_NOTEBOOK_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    first, second = _result_text(_run(path, tmp_path)), _result_text(_run(path, tmp_path))
+    assert any("fusion weight" in ln for ln in first), first
+    assert first == second
