@@ -103,6 +103,14 @@ def huge_grey_png(path, height=9000, width=12000, value=90):
     return Path(path)
 
 
+def huge_png_bytes(height, width):
+    """A PNG whose header says ``height x width`` with a one-row body (only readers that decode
+    before checking the header notice; the size limit refuses it unread)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _png_chunk(b"IEND", b""))
+
+
 def jpeg_with_header_size(height, width):
     """A small valid JPEG whose SOF header claims ``height x width`` (the header trick: readers
     that trust the header refuse it without decoding)."""
@@ -209,12 +217,31 @@ def _mk_palette(transparency):
 
         p = d / ("palette_trns.png" if transparency else "palette.png")
         im = Image.fromarray(pattern()).convert("P")
-        if transparency:
-            im.save(p, transparency=0)
+        if transparency:  # four flat quadrants; the top-left one's colour is transparent
+            flat = np.zeros((48, 64, 3), np.uint8)
+            flat[:24, :32], flat[:24, 32:], flat[24:, :32], flat[24:, 32:] = (
+                (200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30))
+            im = Image.fromarray(flat).convert("P", palette=Image.ADAPTIVE, colors=4)
+            im.save(p, transparency=im.getpixel((0, 0)))
         else:
             im.save(p)
         return {"path": str(p)}
     return make
+
+
+def _check_palette_on_white(im, p):
+    """tRNS transparency composited on white, exactly as an alpha channel (Pillow's RGBA)."""
+    from PIL import Image
+
+    rgba = np.asarray(Image.open(p["path"]).convert("RGBA")).astype(np.float64)
+    a = rgba[..., 3:4] / 255.0
+    assert (a == 0).mean() > 0.1  # the case has transparent pixels, so the check can fail
+    np.testing.assert_array_equal(im, np.rint(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8))
+    import tensorflow as tf
+
+    from ku.export import decode_image_uint8_tf
+
+    np.testing.assert_array_equal(decode_image_uint8_tf(tf.constant(Path(p["path"]).read_bytes())), im)
 
 
 def _mk_gif(d):
@@ -588,6 +615,121 @@ def _E(cls_name):
     return get
 
 
+# ---------------------------------------------------------------------------------------------
+# the exported serving signature and ku predict (size policy, non-images, named pipes)
+
+_MODULES = {}
+
+
+def _toy_module(**kw):
+    """The serving graph (ku.export) around a tiny image model, built once per keyword set."""
+    key = tuple(sorted(kw.items()))
+    if key not in _MODULES:
+        import keras
+
+        from ku.export import make_scoring_module
+
+        inp = keras.Input((None, None, 3))
+        x = keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=keras.initializers.RandomNormal(
+            0, 0.05, seed=1))(inp)
+        out = keras.layers.Dense(1, kernel_initializer=keras.initializers.RandomNormal(0, 1, seed=2))(
+            keras.layers.GlobalMaxPooling2D()(x))
+        _MODULES[key] = make_scoring_module(keras.Model(inp, out, name="corpus_toy"), family="mlsp", **kw)
+    return _MODULES[key]
+
+
+def _png_bytes(h, w, value=90):
+    return cv2.imencode(".png", np.full((h, w, 3), value, np.uint8))[1].tobytes()
+
+
+def _serve_bytes(make_bytes):
+    """The case's bytes at index 1 of a serving_default batch between two good PNGs."""
+    def make(d):
+        p = d / "request.bin"
+        p.write_bytes(make_bytes())
+        return {"path": str(p)}
+    return make
+
+
+def _run_serving(**kw):
+    def run(p):
+        import tensorflow as tf
+
+        data = Path(p["path"]).read_bytes()
+        return _toy_module(**kw).predict_bytes(tf.constant([_png_bytes(80, 80), data, _png_bytes(90, 80)]))
+    return run
+
+
+def _run_serving_cmyk(p):
+    import tensorflow as tf
+
+    from ku.data.images import read_image
+    from ku.export import decode_image_uint8_tf
+
+    graph = decode_image_uint8_tf(tf.constant(Path(p["path"]).read_bytes())).numpy()
+    return graph.astype(int) - read_image(p["path"]).astype(int)
+
+
+def _check_cmyk_difference(diff, p):
+    """TensorFlow's and OpenCV's libjpeg builds convert CMYK differently: the in-graph pixels are
+    off by at most 2 grey levels (measured 2026-11-29: 1 everywhere), never bit-identical."""
+    assert 0 < np.abs(diff).max() <= 2, np.abs(diff).max()
+
+
+def _mk_predict_fifo(d):
+    import keras
+
+    folder = _mkdir(d / "photos")
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(folder / name), pattern(80, 90))
+    os.mkfifo(folder / "pipe.jpg")
+    inp = keras.Input((None, None, 3))
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(inp))
+    keras.Model(inp, out, name="fifo_toy").save(d / "toy.keras")
+    return {"path": str(folder / "pipe.jpg"), "folder": str(folder), "model": str(d / "toy.keras"),
+            "out": str(d / "scores.csv")}
+
+
+def _run_predict(p):
+    from ku import cli
+
+    rc = cli.main(["predict", p["folder"], "--model", p["model"], "--out", p["out"], "-q"])
+    import pandas as pd
+
+    return rc, pd.read_csv(p["out"]), pd.read_csv(p["out"] + ".errors.csv")
+
+
+def _check_predict_fifo(result, p):
+    rc, scores, errors = result
+    assert rc == 3 and len(scores) == 2, (rc, scores)
+    assert errors["image_path"].tolist() == [p["path"]] and "not a regular file" in errors["error"][0]
+
+
+def _check_small_upscaled(out, p):
+    import tensorflow as tf
+
+    module = _toy_module()
+    ref = module.predict_images(tf.image.resize(np.full((1, 2, 3, 3), 90, np.float32), (75, 112),
+                                                method="bilinear"))["mean_score"].numpy()
+    got = out["mean_score"].numpy()
+    assert np.isfinite(got).all() and abs(got[1] - ref[0]) <= 1e-5 * max(1.0, abs(ref[0])), (got, ref)
+
+
+def _ppm_bytes():
+    return b"P6\n4 3\n255\n" + bytes(range(36))
+
+
+def _tiff_bytes():
+    return cv2.imencode(".tiff", pattern())[1].tobytes()
+
+
+def _random_bytes():
+    return np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes()
+
+
+SERVING = "serving_default: images[1]"
+
+
 IRE = "ku.data.images.ImageReadError"
 FSE = "ku.data.store.FeatureStoreError"
 CMYK_NOTE = "CMYK JPEG (Adobe)"
@@ -621,8 +763,8 @@ _CASES = [
     Case("image/palette_png", "image", "palette (indexed) PNG", "read; palette expanded to RGB (= Pillow)",
          _mk_palette(False), _read(), "ok", check=_same_as_pil(0.0)),
     Case("image/palette_png_trns", "image", "palette PNG with a transparent colour (tRNS)",
-         "read; palette colours used, tRNS ignored (documented)", _mk_palette(True), _read(), "ok",
-         check=lambda im, p: _rgb(im, (48, 64))),
+         "read; transparent pixels composited on white (as an alpha channel; the same in the "
+         "exported model)", _mk_palette(True), _read(), "ok", check=_check_palette_on_white),
     Case("image/animated_gif", "image", "animated GIF (3 frames)", "read; the first frame (GIFs are not "
          "picked up by list_images)", _mk_gif, _read(), "ok", check=_check_first_frame),
     *[Case(f"image/exif_orientation_{o}", "image", f"JPEG with EXIF orientation {o}",
@@ -1130,6 +1272,38 @@ _CASES += [
     Case("labels/csv_named_pipe", "labels", "label CSV that is a named pipe",
          "ValueError: file, not a regular file, a named pipe (no hang)", _mk_fifo_csv, _run_csv_nonblocking,
          "error", ValueError, ("{path}", "not a regular file", "named pipe")),
+    Case("image/serving_tiff", "image", "TIFF bytes sent to an exported model's serving_default",
+         "InvalidArgumentError naming images[1] and the accepted formats (no raw bytes: never "
+         "UnicodeDecodeError)", _serve_bytes(_tiff_bytes), _run_serving(), "error",
+         "tensorflow.errors.InvalidArgumentError", (SERVING, "is not an encoded JPEG, PNG, GIF, BMP or WebP")),
+    Case("image/serving_ppm", "image", "PPM bytes sent to serving_default",
+         "InvalidArgumentError naming images[1]", _serve_bytes(_ppm_bytes), _run_serving(), "error",
+         "tensorflow.errors.InvalidArgumentError", (SERVING, "TIFF or PPM")),
+    Case("image/serving_random_bytes", "image", "300 random bytes sent to serving_default",
+         "InvalidArgumentError naming images[1] and the length", _serve_bytes(_random_bytes),
+         _run_serving(), "error", "tensorflow.errors.InvalidArgumentError", (SERVING, "length in bytes:] [300]")),
+    Case("image/serving_non_utf8", "image", "bytes that are not UTF-8 (b'\\xff\\xfe\\x80...') sent to "
+         "serving_default", "InvalidArgumentError naming images[1] (the message is plain text)",
+         _serve_bytes(lambda: b"\xff\xfe\x80\x81" * 8), _run_serving(), "error",
+         "tensorflow.errors.InvalidArgumentError", (SERVING, "is not an encoded")),
+    Case("image/serving_huge_header", "image", "PNG whose header says 30000 x 30000 sent to serving_default",
+         "InvalidArgumentError naming images[1] and max_pixels, from the header (nothing decoded)",
+         _serve_bytes(lambda: huge_png_bytes(30000, 30000)), _run_serving(), "error",
+         "tensorflow.errors.InvalidArgumentError", (SERVING, "max_pixels=50,000,000", "[30000 30000]")),
+    Case("image/serving_strip_1x20000", "image", "1 x 20000 PNG strip (101 bytes) sent to serving_default",
+         "InvalidArgumentError: below the minimum side and too elongated to upscale (would be "
+         "75 x 1,500,000)", _serve_bytes(lambda: _png_bytes(1, 20000)), _run_serving(), "error",
+         "tensorflow.errors.InvalidArgumentError", (SERVING, "too elongated to upscale", "[1 20000]")),
+    Case("image/serving_tiny_2x3", "image", "2 x 3 PNG sent to serving_default (backbone minimum 75 px)",
+         "scored: upscaled (bilinear, aspect kept) to 75 x 112, the size policy", _serve_bytes(
+             lambda: _png_bytes(2, 3)), _run_serving(), "ok", check=_check_small_upscaled),
+    Case("image/serving_cmyk_jpeg", "image", f"{CMYK_NOTE} decoded by the exported model",
+         "decoded, but NOT bit-identical to read_image: TensorFlow's libjpeg converts CMYK "
+         "differently (at most 2 grey levels, measured 1)", _mk_cmyk, _run_serving_cmyk, "ok",
+         check=_check_cmyk_difference),
+    Case("batch/predict_folder_with_fifo", "batch", "ku predict over a folder with a named pipe 'pipe.jpg'",
+         "the run finishes: the good images are scored, the pipe is skipped and listed as 'not a "
+         "regular file' (exit status 3)", _mk_predict_fifo, _run_predict, "skip", check=_check_predict_fifo),
     Case("cli/extract_int64_overflow", "cli", "extract_mlsp.py --ava_root=<AVA.txt with a vote count beyond int64>",
          "'error:' with the file, line and field (no traceback, before TensorFlow)",
          _cli("extract_mlsp.py", "--ava_root={d}/ava", "--out={d}/x.h5",
@@ -1141,6 +1315,8 @@ _CASES += [
 def _mkdir(p):
     p.mkdir()
     return p
+
+
 
 
 def _assert(cond, msg="check failed"):
