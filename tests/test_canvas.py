@@ -145,3 +145,18 @@ def test_targets_from_moments_when_histogram_is_missing():
     np.testing.assert_allclose(t[0].sum(), 1, rtol=1e-6)
     assert abs(float(t[0] @ np.arange(1, 8)) - 4.0) < 0.05  # a discretised N(4, 1)
     assert t[0].argmax() == 3
+
+
+def test_special_files_are_refused_not_read(tmp_path):
+    """A named pipe (or /dev/zero behind a link) among the paths: a ValueError naming it before any
+    read (tf.io.read_file would block on the pipe forever)."""
+    import os
+
+    ids, _ = write_images(tmp_path, [(20, 30), (30, 20)])
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero.png"
+    os.symlink("/dev/zero", link)
+    ids.loc[0, "image_path"], ids.loc[1, "image_path"] = str(fifo), str(link)
+    with pytest.raises(ValueError, match=r"2 image path\(s\) are not regular files.*pipe\.png.*zero\.png"):
+        canvas_dataset(ids, canvas=32, training=False)

@@ -248,6 +248,7 @@ def _base(ids, targets, theme):
     if "image_path" not in ids.columns:
         raise ValueError(f"ids table has no 'image_path' column (columns: {list(ids.columns)})")
     paths = ids["image_path"].astype(str).to_numpy()
+    _check_regular_files(paths)
     themes = ids["theme_index"].to_numpy(np.int32) if (theme and "theme_index" in ids.columns) \
         else np.zeros(len(ids), np.int32)
     if theme and "theme_index" not in ids.columns:
@@ -256,6 +257,27 @@ def _base(ids, targets, theme):
     if len(y) != len(ids):
         raise ValueError(f"canvas_dataset: {len(y)} targets for {len(ids)} images")
     return tf.data.Dataset.from_tensor_slices((paths, themes, y, np.arange(len(ids), dtype=np.int64)))
+
+
+def _check_regular_files(paths):
+    """ValueError naming every path that is not a regular file (``tf.io.read_file`` would block
+    forever on a named pipe, or read /dev/zero until memory runs out); missing files are left to
+    the reader's own error."""
+    import os
+
+    from ku.data.images import special_file_reason
+
+    bad = []
+    for p in paths:
+        try:
+            reason = special_file_reason(os.stat(p), p)
+        except OSError:
+            continue
+        if reason:
+            bad.append(f"{p}: {reason}")
+    if bad:
+        raise ValueError(f"canvas_dataset: {len(bad)} image path(s) are not regular files; remove them "
+                         "from the ids table: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
 
 
 def _pack(image, size, theme_index, y, theme, with_targets):
