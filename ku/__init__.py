@@ -38,7 +38,6 @@ __all__ = ["KERAS_OBJECTS", "load_model", "register_keras_objects", "__version__
 KERAS_OBJECTS = {
     "ku.layers.area_pooling": ("AreaPooling2D",),
     "ku.layers.min_side": ("MinSideUpscale",),
-    "ku.layers.min_side": ("MinSideUpscale",),
     "ku.layers.preprocessing": ("ImagePreprocessing",),
     "ku.layers.roi_pooling": ("RoiPooling2D", "RoiAlign2D", "ImageBoxes"),
     "ku.layers.spp": ("SpatialPyramidPooling",),

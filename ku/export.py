@@ -31,21 +31,28 @@ Outputs (a dict):
   value.
 
 Decoding (``serving_default``) reproduces :func:`ku.data.images.read_image` bit for bit (tested
-with TF 2.21 / OpenCV 4.12) for JPEG (``dct_method="INTEGER_ACCURATE"``, libjpeg's default that
+with TF 2.21 / OpenCV 4.12) for RGB / grey JPEG (``dct_method="INTEGER_ACCURATE"``, libjpeg's default that
 OpenCV uses; TF's own default, the fast DCT, differs by up to 6 grey levels), 8/16-bit PNG, BMP
-and WebP: grey is replicated to RGB, alpha is composited on white, 16-bit values become
-``round(x / 257)``. Not done in the graph: EXIF orientation (send upright images; ``ku predict``
-applies it) and TIFF (no TensorFlow decoder; ``ku predict`` reads it with OpenCV). A request with
-an undecodable image fails as a whole (TF Serving convention): bytes that are not JPEG / PNG / GIF
-/ BMP / WebP are refused with a message naming the index ``i``; a corrupt file of a known format
-with TensorFlow's decode error.
+and WebP: grey is replicated to RGB, alpha (and a palette PNG's transparent colour) is
+composited on white, 16-bit values become ``round(x / 257)``; 8-bit images stay 8-bit until the
+resize. Not bit-identical: CMYK JPEGs (TensorFlow's libjpeg converts CMYK differently; pixels 1-2
+grey levels apart, tests/bad_input_corpus.py). Not done in the graph: EXIF orientation (send
+upright images; ``ku predict`` applies it) and TIFF (no TensorFlow decoder; ``ku predict`` reads
+it with OpenCV). A request with an undecodable image fails as a whole (TF Serving convention):
+bytes that are not JPEG / PNG / GIF / BMP / WebP (TIFF, PPM, random or non-UTF-8 bytes) are
+refused with ``InvalidArgumentError`` naming ``images[i]`` with its index, the accepted formats
+and the length (never the raw bytes); a corrupt file of a known format with TensorFlow's decode
+error.
 
-Size policy (same in both signatures and in ``ku predict``): images whose shorter side is below
-``min_side`` (75 px for the Inception backbones of MLSP) are upscaled, aspect kept (bilinear), so
-that every image gets a score (``small_images="error"`` refuses them with a clear error instead);
-with ``max_side`` images whose longer side exceeds it are downscaled (``area`` resize), which
-bounds memory at full resolution (ecosystem notes §5.7); ``min_side`` wins where both cannot hold.
-New sizes are ``round(side * scale)`` (half to even).
+Size policy (:mod:`ku.size_policy`; the same in both signatures, ``ku predict`` and the Keras
+models): ``serving_default`` refuses an image with more than ``max_pixels`` pixels (default
+50,000,000) from its header, before decoding; images whose shorter side is below ``min_side``
+(75 px for the Inception backbones, 32 for APM) are upscaled, aspect kept (bilinear), so that
+every image gets a score (``small_images="error"`` refuses them with a clear error instead), unless
+their aspect ratio exceeds ``max_aspect`` (20: refused, a 1 x 20000 strip would become 75 x
+1,500,000); with ``max_side`` images whose longer side exceeds it are downscaled (``area``
+resize, reading uint8: <= 16 bytes per input pixel), which bounds memory at full resolution;
+``min_side`` wins where both cannot hold. New sizes are ``round(side * scale)`` (half to even).
 
 Input checks (issue 8): a wrong rank, channel count, value range, batch-size mismatch between
 ``images`` and ``theme``, or a too-small image fails with a ``tf.errors.InvalidArgumentError``

@@ -157,3 +157,33 @@ def test_family_guess_and_apm_m_needs_fusion(apm_model, jia_model):
     ref = np.asarray(fused([img[None].astype(np.float32), np.array([[70, 90]], np.int32)],
                            training=False)["distribution"])
     assert_close(out["distribution"].numpy(), ref)
+
+
+NOT_IMAGES = {
+    "tiff": lambda: cv2.imencode(".tiff", make_image(20, 20, seed=1))[1].tobytes(),
+    "ppm": lambda: b"P6\n2 2\n255\n" + bytes(12),
+    "random": lambda: np.random.default_rng(3).integers(0, 256, 200, dtype=np.uint8).tobytes(),
+    "non_utf8": lambda: b"\xc3\x28\xff\xfe" * 10,
+    "text": lambda: b"<html>404</html>",
+    "empty": lambda: b"",
+}
+
+
+@pytest.mark.parametrize("family", ["mlsp", "apm", "theme_roi"])
+def test_serving_refuses_non_images_naming_the_index(family, apm_model, jia_model):
+    """Every family's serving graph answers bytes that are not an image with
+    InvalidArgumentError naming images[i] (never UnicodeDecodeError from raw bytes)."""
+    from test_export import toy_model
+
+    model = {"mlsp": lambda: toy_model(name="toy_bytes"), "apm": lambda: apm_model,
+             "theme_roi": lambda: jia_model}[family]()
+    module = make_scoring_module(model, family=family)
+    good = cv2.imencode(".png", make_image(80, 90, seed=2))[1].tobytes()
+    extra = [tf.constant([0, 0, 0], tf.int64)] if module.takes_theme else []
+    ok = module.predict_bytes(tf.constant([good, good, good]), *extra)
+    assert np.isfinite(ok["mean_score"].numpy()).all()
+    for name, make in NOT_IMAGES.items():
+        with pytest.raises(tf.errors.InvalidArgumentError) as e:
+            module.predict_bytes(tf.constant([good, make(), good]), *extra)
+        msg = str(e.value)
+        assert "serving_default: images[1]" in msg and "is not an encoded JPEG, PNG" in msg, (name, msg)

@@ -1,7 +1,7 @@
 """``ku predict`` keeps what it scored: rows are appended as they are scored, an interrupted run
 (SIGKILL, SIGINT) keeps them, a re-run continues and ends with the file an uninterrupted run
-writes; a folder with a named pipe finishes and reports it; the progress line has rate, elapsed
-and ETA. A tiny image model (tests/test_export.py ``toy_model``) keeps it fast.
+writes; the progress line has rate, elapsed and ETA (a folder with a named pipe:
+tests/bad_input_corpus.py, ``batch/predict_folder_with_fifo``). A tiny image model (tests/test_export.py ``toy_model``) keeps it fast.
 """
 import json
 import os
@@ -20,7 +20,7 @@ from ku import cli
 from test_export import make_image, toy_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N_IMAGES = 240
+N_IMAGES = 120
 
 
 @pytest.fixture(scope="module")
@@ -101,23 +101,6 @@ def test_rerun_with_other_settings_starts_afresh(setup, tmp_path, capsys):
     stamp = json.loads((tmp_path / "p.csv.ku-run.json").read_text())
     assert stamp["min_side"] is None
     assert pd.read_csv(out)["mean_score"][0] != full["mean_score"][0]  # rescored, not kept
-
-
-def test_fifo_in_folder_is_reported_and_run_finishes(setup, tmp_path):
-    d, _, full = setup
-    folder = tmp_path / "with_fifo"
-    folder.mkdir()
-    for name in ("im000.png", "im001.png"):
-        (folder / name).write_bytes((setup[1] / name).read_bytes())
-    os.mkfifo(folder / "pipe.jpg")
-    out = tmp_path / "f.csv"
-    proc = subprocess.run(command(d, folder, out), cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert proc.returncode == cli.EXIT_SKIPPED, proc.stderr[-2000:]
-    assert len(pd.read_csv(out)) == 2
-    errors = pd.read_csv(str(out) + ".errors.csv")
-    assert errors["image_path"].tolist() == [str(folder / "pipe.jpg")]
-    assert "not a regular file" in errors["error"][0]
 
 
 def test_progress_line_rate_elapsed_eta():

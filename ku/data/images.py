@@ -38,17 +38,16 @@ Checks (each raises :class:`ImageReadError` with ``path`` and ``reason`` attribu
   ``max_pixels`` pixels (aspect kept). This is the guard against out-of-memory: a 12000 x 9000
   photo is refused by its header, before any pixel is decoded.
 * ``min_side``: an image whose shorter side is below ``min_side`` pixels (after orientation) is
-  refused. Policy (docs/bad_input.md): small images are **refused, never upscaled**. The
-  Inception backbones need >= 75 px per side; Hosu et al. §3.1 extract features at the
-  original resolution, so an upscaled 10 x 10 thumbnail (or a 1 x 1 tracking pixel saved as a
-  photo) would give features of an interpolated blur that describe nothing of the photograph,
-  silently mixed with real ones. Such files are broken downloads, not photos; a clear refusal
-  (skip-and-report in batch work) is better than a plausible-looking wrong score.
+  refused. Reading for *training* (feature extraction) uses it: Hosu et al. §3.1 extract
+  features at the original resolution, so an upscaled 10 x 10 thumbnail would become a training
+  example of an interpolated blur. *Scoring* follows ku's size policy instead
+  (:mod:`ku.size_policy`, docs/bad_input.md): images below the backbone's minimum are upscaled
+  to it (reading them here without ``min_side``).
 
 Other formats and cases:
 
-* **Palette** PNGs are expanded to RGB; a palette transparency (``tRNS``) is ignored (OpenCV's
-  decoder does not expose it), unlike an alpha channel.
+* **Palette** PNGs are expanded to RGB; a palette transparency (``tRNS``) becomes an alpha
+  channel in OpenCV's decoder and is composited on white like any alpha channel.
 * **CMYK** (and Adobe-inverted CMYK) JPEGs are converted to RGB by libjpeg / OpenCV.
 * **GIF** (also animated): the first frame. ``.gif`` is not in :data:`IMAGE_EXTENSIONS`, so
   :func:`list_images` does not pick GIFs up; pass them explicitly.
