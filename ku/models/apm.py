@@ -175,6 +175,9 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
         and output ``distribution`` ``(B, n_bins)`` (``mean`` ``(B, 1)`` for ``variant="mean"``),
         non-negative and not normalised; with ``global_max_branch`` a second output
         ``max_distribution`` (outputs are a dict keyed by these names).
+        Images whose valid size is below the backbone's minimum side (32 px) are upscaled in
+        the canvas first (ku's size policy, :class:`ku.layers.MinSideUpscale`, layer
+        ``min_side_upscale``, absent when a fixed ``input_shape`` is large enough).
         Layer names: ``backbone`` (sub-model), ``apm_spp``, ``apm_fc1``, ``apm_fc2`` and
         ``max_branch_pool``, ``max_branch_fc1``, ``max_branch_fc2``.
     """

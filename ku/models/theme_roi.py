@@ -169,7 +169,10 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
     Returns:
         ``keras.Model`` with inputs ``image`` (B, H, W, 3) float 0..255, ``valid_size`` (B, 2)
         int32 (height, width of each image at the top-left of its canvas) and, with ``theme``,
-        ``theme`` (B,) int32; output ``distribution`` (B, n_bins), softmax.
+        ``theme`` (B,) int32; output ``distribution`` (B, n_bins), softmax. Images whose valid
+        size is below Inception-v3's 75 px are upscaled in the canvas first (ku's size policy,
+        :class:`ku.layers.MinSideUpscale`, layer ``min_side_upscale``; on a fixed canvas only as
+        far as it fits).
     """
     from ku.backbones import build_backbone
 
