@@ -11,9 +11,11 @@ import pytest
 
 from ku.data.generators import FeatureSequence, feature_dataset
 from ku.data.store import FeatureStore, shard_bounds, shard_path
-from ku.distribute import (StrategyConfigError, check_optimizer, get_strategy, loopback_tf_configs,
-                           per_replica_batch_size, read_tf_config)
-from loopback import read_weights, start, wait_all, worker_env
+from ku.distribute import (StrategyConfigError, check_optimizer, get_strategy, per_replica_batch_size,
+                           read_tf_config)
+
+import procs
+from loopback import read_weights, run_cluster, worker_env
 
 FEATURE_SHAPE = (3, 3, 16)  # tiny "wide" features (Pool-3FC takes (H, W, C))
 A = 4
@@ -193,25 +195,20 @@ def test_two_workers_on_loopback_match_single_process(data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run_dir = tmp_path / "run_mw"
-    procs, logs = [], []
     t0 = time.monotonic()
-    for i, cfg in enumerate(loopback_tf_configs(2)):
-        logs.append(open(tmp_path / f"worker{i}.log", "w"))
-        procs.append(start([script, "multi_worker", root / "data.json", run_dir, out], worker_env(cfg, tmp_path / "tmp"), logs[-1]))
-    logs.append(open(tmp_path / "single.log", "w"))  # the single-process reference, alongside
-    procs.append(start([script, "default", root / "data.json", tmp_path / "run_single", out], worker_env(), logs[-1]))
-    finished = wait_all(procs, timeout=80)
-    for f in logs:
-        f.close()
-    tails = "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in sorted(tmp_path.glob("*.log")))
-    assert finished, f"workers did not finish within 80 s (killed)\n{tails}"
-    assert [p.returncode for p in procs] == [0, 0, 0], tails
+    reference = procs.start(procs.python(script, "default", root / "data.json", tmp_path / "run_single", out),
+                            tmp_path / "single.log", env=worker_env())  # the single-process reference, alongside
+    workers = run_cluster([script, "multi_worker", root / "data.json", run_dir, out], tmp_path,
+                          tmpdir=tmp_path / "tmp", others=[reference])
     seconds = time.monotonic() - t0
+    tails = procs.failure_message("the processes' logs:", [*workers, reference])
+    for name in ("multi_worker-0", "multi_worker-1", "default-0"):
+        assert (out / f"result-{name}.json").is_file(), f"result-{name}.json missing\n{tails}"
 
     res = {name: json.loads((out / f"result-{name}.json").read_text())
            for name in ("multi_worker-0", "multi_worker-1", "default-0")}
     w0, w1 = res["multi_worker-0"], res["multi_worker-1"]
-    assert w0["chief"] and not w1["chief"] and w0["n_replicas"] == w1["n_replicas"] == 2
+    assert w0["chief"] and not w1["chief"] and w0["n_replicas"] == w1["n_replicas"] == 2, tails
     assert w0["epochs"] == w1["epochs"] == [2, 1]  # the second call resumed at epoch 2
     assert w0["loss"] == w1["loss"] and w0["val_loss"] == w1["val_loss"]  # all-reduced logs
     assert len(w0["loss"]) == 3

@@ -1,5 +1,5 @@
-"""Data-parallel training on whole images (issue 7, point 1, for Murray & Gordo's APM and Jia et
-al.'s theme-ROI model): two MultiWorkerMirroredStrategy workers on 127.0.0.1, next to one process
+"""Data-parallel training on whole images (Murray & Gordo's APM and Jia et al.'s theme-ROI
+model): two MultiWorkerMirroredStrategy workers on 127.0.0.1, next to one process
 on the same data.
 
 * Library level (tiny networks, seconds): APM on aspect-ratio batches (each worker decodes only its
@@ -9,23 +9,26 @@ on the same data.
   their losses and test predictions equal the single process's (rtol 2e-3; measured ~1e-6,
   float summation order). Only the chief writes the run folders.
 * Script level: ``scripts/train_apm.py`` and ``scripts/train_theme_roi.py`` with
-  ``--strategy=multi_worker`` on the demo set (small settings): both workers exit 0, the chief
-  writes the results, the other worker's temporary folder is gone; ``--strategy=multi_worker``
-  without ``TF_CONFIG`` is a one-line error.
+  ``--strategy=multi_worker`` on a 48-image demo set (a few steps of a random backbone): both
+  workers exit 0, the chief writes the results, the other worker's temporary folder is gone;
+  ``--strategy=multi_worker`` without ``TF_CONFIG`` is a one-line error.
+
+Processes run through tests/procs.py (tests/loopback.py for the clusters): own process groups,
+logs in ``tmp_path`` whose tails end every failure message, one generous deadline, a new port
+pair when a worker's port was taken, nothing left running.
 """
 import json
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ku.distribute import loopback_tf_configs
-from loopback import ROOT, read_weights, start, wait_all, worker_env
+import procs
+from loopback import ROOT, read_weights, run_cluster, worker_env
+
+DEMO_IMAGES = 48  # the script tests' demo set: APM 34 training / 2 validation / 12 test images
 
 WORKER = textwrap.dedent('''
 import json, os, sys
@@ -123,13 +126,10 @@ json.dump(result, open(os.path.join(out, f"result-{mode}-{info['task_id']}.json"
 
 @pytest.fixture(scope="module")
 def demo_built():
-    from ku.data.demo import load_demo
+    from ku.data.demo import load_demo, make_demo_set
 
-    load_demo(split="murray")  # build the demo set once, before the workers read it
-
-
-def _logs(folder):
-    return "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in sorted(Path(folder).glob("*.log")))
+    load_demo(split="murray")  # build the demo sets once, before the workers read them
+    make_demo_set(n_images=DEMO_IMAGES, seed=0)
 
 
 def test_two_workers_train_apm_and_theme_roi_like_one_process(demo_built, tmp_path):
@@ -137,22 +137,19 @@ def test_two_workers_train_apm_and_theme_roi_like_one_process(demo_built, tmp_pa
     script.write_text(WORKER)
     out = tmp_path / "out"
     out.mkdir()
-    procs, logs = [], []
     t0 = time.monotonic()
-    for i, cfg in enumerate(loopback_tf_configs(2)):
-        logs.append(open(tmp_path / f"worker{i}.log", "w"))
-        procs.append(start([script, "multi_worker", tmp_path / "run_mw", out], worker_env(cfg, tmp_path / "tmp"), logs[-1]))
-    logs.append(open(tmp_path / "single.log", "w"))
-    procs.append(start([script, "default", tmp_path / "run_single", out], worker_env(), logs[-1]))
-    finished = wait_all(procs, timeout=150)
-    for f in logs:
-        f.close()
-    assert finished, f"workers did not finish within 150 s (killed)\n{_logs(tmp_path)}"
-    assert [p.returncode for p in procs] == [0, 0, 0], _logs(tmp_path)
+    reference = procs.start(procs.python(script, "default", tmp_path / "run_single", out), tmp_path / "single.log",
+                            env=worker_env())  # the single-process reference, alongside
+    workers = run_cluster([script, "multi_worker", tmp_path / "run_mw", out], tmp_path, tmpdir=tmp_path / "tmp",
+                          others=[reference])
     seconds = time.monotonic() - t0
-    res = {n: json.loads((out / f"result-{n}.json").read_text()) for n in ("multi_worker-0", "multi_worker-1", "default-0")}
+    logs = procs.failure_message("the processes' logs:", [*workers, reference])
+    res = {}
+    for n in ("multi_worker-0", "multi_worker-1", "default-0"):
+        assert (out / f"result-{n}.json").is_file(), f"result-{n}.json missing\n{logs}"
+        res[n] = json.loads((out / f"result-{n}.json").read_text())
     w0, w1, single = res["multi_worker-0"], res["multi_worker-1"], res["default-0"]
-    assert w0["chief"] and not w1["chief"] and w0["n_replicas"] == w1["n_replicas"] == 2
+    assert w0["chief"] and not w1["chief"] and w0["n_replicas"] == w1["n_replicas"] == 2, logs
     for family in ("apm", "theme"):
         assert w0[f"{family}_epochs"] == w1[f"{family}_epochs"] == [2, 1]  # the second call resumed
         # identical weights on both workers, bit for bit
@@ -179,32 +176,28 @@ def test_two_workers_train_apm_and_theme_roi_like_one_process(demo_built, tmp_pa
           f"{single['apm_loss'][-1]:.5f}, theme loss {w0['theme_loss'][-1]:.5f} vs {single['theme_loss'][-1]:.5f}")
 
 
+# small settings: a few steps of a randomly initialised backbone on the 48-image demo set, a
+# small fraction of the deadline on two busy cores
 SCRIPTS = {
-    "train_apm.py": ["--backbone=resnet50", "--weights=none", "--shorter_side=32", "--fc_units=16",
-                     "--epochs=1", "--batch_size=16", "--verbose=0"],
+    "train_apm.py": ["--backbone=resnet50", "--weights=none", "--nomasked", "--shorter_side=32", "--fc_units=16",
+                     "--epochs=1", "--batch_size=16", f"--demo_images={DEMO_IMAGES}", "--verbose=0"],
     "train_theme_roi.py": ["--weights=none", "--canvas=96", "--roi_size=36", "--epochs=1", "--theme=on",
-                           "--batch_size=8", "--verbose=0"],
+                           "--augment=flip", "--batch_size=16", f"--demo_images={DEMO_IMAGES}", "--verbose=0"],
 }
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_script_runs_on_two_workers(demo_built, name, tmp_path):
     work = tmp_path / "work"
-    procs, logs = [], []
-    for i, cfg in enumerate(loopback_tf_configs(2)):
-        logs.append(open(tmp_path / f"worker{i}.log", "w"))
-        procs.append(start([ROOT / "scripts" / name, *SCRIPTS[name], f"--work_dir={work}", "--strategy=multi_worker"],
-                           worker_env(cfg, tmp_path / "tmp"), logs[-1]))
-    finished = wait_all(procs, timeout=240)
-    for f in logs:
-        f.close()
-    assert finished, f"{name}: workers did not finish within 240 s (killed)\n{_logs(tmp_path)}"
-    assert [p.returncode for p in procs] == [0, 0], _logs(tmp_path)
-    chief_log = (tmp_path / "worker0.log").read_text()
-    other_log = (tmp_path / "worker1.log").read_text()
+    t0 = time.monotonic()
+    workers = run_cluster([ROOT / "scripts" / name, *SCRIPTS[name], f"--work_dir={work}", "--strategy=multi_worker"],
+                          tmp_path, tmpdir=tmp_path / "tmp")
+    seconds = time.monotonic() - t0
+    logs = procs.failure_message(f"{name}: the workers' logs:", workers)
+    chief_log, other_log = (w.output() for w in workers)
     if name == "train_apm.py":
-        assert "2 replicas, global batch 16" in chief_log
-        assert "training done; the chief writes the results" in other_log
+        assert "2 replicas, global batch 16" in chief_log, logs
+        assert "training done; the chief writes the results" in other_log, logs
         metrics = pd.read_csv(work / "metrics.csv")
         assert np.isfinite(metrics.iloc[0][["KL", "CDLoss", "MSE"]].astype(float)).all()
         assert len(pd.read_csv(work / "test_predictions.csv")) > 0 and (work / "apm.weights.h5").is_file()
@@ -216,21 +209,20 @@ def test_script_runs_on_two_workers(demo_built, name, tmp_path):
         assert (work / "results.json").is_file()
     leftovers = list((tmp_path / "tmp").glob("ku-worker1-*"))  # the other worker's temporary copies
     assert not leftovers, leftovers
+    print(f"{name} on 2 workers: {seconds:.1f} s")
 
 
 @pytest.mark.parametrize("name", ["train_mlsp.py", *sorted(SCRIPTS)])
 def test_multi_worker_without_tf_config_is_a_clear_error(name, tmp_path):
-    r = subprocess.run([sys.executable, ROOT / "scripts" / name, "--strategy=multi_worker",
-                        f"--work_dir={tmp_path / 'w'}"], cwd=ROOT, env=worker_env(), capture_output=True,
-                       text=True, timeout=120)
+    r = procs.run(procs.python(ROOT / "scripts" / name, "--strategy=multi_worker", f"--work_dir={tmp_path / 'w'}"),
+                  env=worker_env(), log_dir=tmp_path)
     assert r.returncode != 0
     assert "needs the environment variable TF_CONFIG" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 def test_train_apm_refuses_accumulation_under_a_strategy(tmp_path):
-    r = subprocess.run([sys.executable, ROOT / "scripts" / "train_apm.py", "--strategy=mirrored", "--accumulate=8",
-                        f"--work_dir={tmp_path / 'w'}"], cwd=ROOT, env=worker_env(), capture_output=True,
-                       text=True, timeout=120)
+    r = procs.run(procs.python(ROOT / "scripts" / "train_apm.py", "--strategy=mirrored", "--accumulate=8",
+                               f"--work_dir={tmp_path / 'w'}"), env=worker_env(), log_dir=tmp_path)
     assert r.returncode != 0
     assert "--accumulate=8 with --strategy=mirrored" in r.stderr and "8x larger" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()

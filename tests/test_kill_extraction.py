@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -29,20 +30,22 @@ import h5py
 import numpy as np
 import pytest
 
-from test_kill_training import forkserver, run_job
+from test_kill_training import TIMEOUT, finish_job, forkserver, run_job, start_job, tail
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "extract_mlsp.py"
-TIMEOUT = 150
 GOOD = 10
 
 
-def _extract_job(argv, side):
+def _extract_job(argv, side, stall_after_reads=None):
     """Child: run scripts/extract_mlsp.py with ``argv``; every finished image read (a path) and
     every finished store write (``W``) is appended to ``side`` (the parent's clock for choosing
-    a kill moment). Nothing else is changed."""
+    a kill moment). With ``stall_after_reads=k`` the job waits to be killed at the first read or
+    write after the parent's kill point (>= 1 write and k reads), so the kill lands however slowly
+    the parent runs. Nothing else is changed."""
     import logging
     import runpy
+    import time
 
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     logging.disable(logging.WARNING)
@@ -50,7 +53,12 @@ def _extract_job(argv, side):
 
     read = images.read_image
 
+    def stall():
+        if stall_after_reads is not None and _lines(side, "write") >= 1 and _lines(side) >= stall_after_reads:
+            time.sleep(TIMEOUT)  # the kill point is passed: wait here to be killed
+
     def logged_read(path, **kw):
+        stall()
         try:
             return read(path, **kw)
         finally:
@@ -63,6 +71,7 @@ def _extract_job(argv, side):
     write = FeatureStore.write_rows
 
     def logged_write(self, rows, features):
+        stall()
         write(self, rows, features)
         with open(side, "a") as f:
             f.write("W\n")
@@ -120,13 +129,13 @@ def _lines(side, kind="read"):
     return sum((ln == "W") == (kind == "write") for ln in lines)
 
 
-def _run(ctx, argv, side, kill_after_reads=None, delay=0.0):
+def _run(ctx, argv, side, log, kill_after_reads=None, delay=0.0):
     Path(side).unlink(missing_ok=True)
 
     def reached():  # kill: after >= 1 write and k reads
         return _lines(side, "write") >= 1 and _lines(side) >= kill_after_reads
 
-    return run_job(ctx, _extract_job, (argv, str(side)),
+    return run_job(ctx, _extract_job, (argv, str(side), kill_after_reads), log=log,
                    kill_when=reached if kill_after_reads is not None else None,
                    delay=lambda: delay, timeout=TIMEOUT, what="extraction")
 
@@ -136,24 +145,27 @@ def test_sigkill_at_random_moments_then_rerun_gives_identical_store(dataset, tmp
     ctx = forkserver()
     rng = np.random.default_rng(int(os.environ.get("KU_KILL_SEED", "8")))
     ref_path, path = tmp_path / "ref" / "store.h5", tmp_path / "killed" / "store.h5"
-    ref = ctx.Process(target=_extract_job, args=(_argv(csv, img, ref_path), str(tmp_path / "ref_side.txt")))
-    ref.start()  # the uninterrupted run, in parallel with the interrupted chain
-    side = tmp_path / "side.txt"
-    kills = [(int(rng.integers(3, 6)), float(rng.uniform(0, 0.15))),
-             (int(rng.integers(2, 4)), float(rng.uniform(0, 0.15)))]
-    partial = []
-    for k, delay in kills:
-        code = _run(ctx, _argv(csv, img, path), side, kill_after_reads=k, delay=delay)
-        assert code == -signal.SIGKILL, f"extraction exited with {code} before the kill (after {k} reads)"
-        if path.exists():  # a kill before the store was created leaves nothing (created atomically)
-            with h5py.File(path, "r") as f:
-                partial.append((f["complete"][()].astype(bool), f["failed"][()].astype(bool),
-                                f["features"][()]))
-    assert _run(ctx, _argv(csv, img, path), side) == 0
-    assert _lines(side) > 0 and _lines(side) < len(names)  # the last run only read what was missing
-
-    ref.join(TIMEOUT)
-    assert ref.exitcode == 0, ref.exitcode
+    ref_log, log = tmp_path / "ref_output.log", tmp_path / "output.log"
+    ref = start_job(ctx, _extract_job, (_argv(csv, img, ref_path), str(tmp_path / "ref_side.txt")), ref_log)
+    try:  # the uninterrupted run, in parallel with the interrupted chain
+        side = tmp_path / "side.txt"
+        kills = [(int(rng.integers(3, 6)), float(rng.uniform(0, 0.15))),
+                 (int(rng.integers(2, 4)), float(rng.uniform(0, 0.15)))]
+        partial = []
+        for k, delay in kills:
+            code = _run(ctx, _argv(csv, img, path), side, log, kill_after_reads=k, delay=delay)
+            assert code == -signal.SIGKILL, f"extraction exited with {code} before the kill (after {k} reads)\n{tail(log)}"
+            if path.exists():  # a kill before the store was created leaves nothing (created atomically)
+                with h5py.File(path, "r") as f:
+                    partial.append((f["complete"][()].astype(bool), f["failed"][()].astype(bool),
+                                    f["features"][()]))
+        assert _run(ctx, _argv(csv, img, path), side, log) == 0, tail(log)
+        assert _lines(side) > 0 and _lines(side) < len(names)  # the last run only read what was missing
+        assert finish_job(ref, ref_log, time.monotonic() + TIMEOUT, "reference extraction") == 0, tail(ref_log)
+    finally:
+        if ref.is_alive():
+            ref.kill()
+            ref.join()
     (rd, ra), (kd, ka) = _contents(ref_path), _contents(path)
     bad = [names.index("truncated.jpg"), names.index("tiny.png")]
     good = [i for i in range(len(names)) if i not in bad]

@@ -22,11 +22,15 @@ step counter); the schedule changes the learning rate during the run.
 
 Processes are forked from a ``multiprocessing`` forkserver that imported TensorFlow once, so
 each run costs a model build instead of a TensorFlow import (real processes, real SIGKILL).
+Timing never decides the outcome: a job to be killed stops at the first progress point after
+the kill point (it waits there to be killed), so a slow parent still kills it mid-run; every job
+writes its output into a log whose tail is part of any failure, and gets one generous deadline.
 """
 import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +43,7 @@ MAX_EPOCHS = 6  # schedule: 1e-2 -> 1e-3 -> 1e-4, stages of <= 2 epochs, patienc
 PRELOAD = ["tensorflow", "keras", "scipy.stats", "pandas", "h5py", "cv2", "ku.metrics", "ku.evaluation",
            "ku.training", "ku.data.generators", "ku.models.heads", "ku.extraction", "ku.models.mlsp",
            "ku.data.readers", "ku.pipelines.mlsp"]
-TIMEOUT = 120
+TIMEOUT = 900  # s: the deadline of every job (each takes a few seconds)
 
 
 def forkserver():
@@ -86,6 +90,9 @@ def _train_job(cfg):
                 f.write(json.dumps({"epoch": epoch, "seq_epoch": train_seq.epoch, "lr": lr}) + "\n")
 
         def on_train_batch_end(self, batch, logs=None):
+            stall, done = cfg.get("stall_after"), _progress(cfg["side"])
+            if stall is not None and done is not None and done >= tuple(stall):
+                time.sleep(TIMEOUT)  # the kill point is passed: wait here to be killed
             with open(cfg["side"], "a") as f:
                 f.write(f"{self.epoch} {batch}\n")
             time.sleep(cfg.get("batch_sleep", 0.0))
@@ -134,7 +141,7 @@ def _cfg(root, name, **kw):
     d.mkdir(exist_ok=True)
     return {"data": str(root / "data.json"), "run_dir": str(d / "run"), "log": str(d / "epochs.jsonl"),
             "side": str(d / "batches.txt"), "weights": str(d / "weights.npz"), "result": str(d / "result.json"),
-            **kw}
+            "output": str(d / "output.log"), **kw}
 
 
 def _progress(side):
@@ -149,38 +156,85 @@ def _progress(side):
     return None
 
 
-def run_job(ctx, target, args, *, kill_when=None, delay=lambda: 0.0, timeout=TIMEOUT, what="job"):
-    """Run ``target(*args)`` in a process of ``ctx``; once ``kill_when()`` is true, wait ``delay()``
-    seconds and SIGKILL it from here (shared by the kill tests). Fails the test if the process
-    has not ended after ``timeout`` seconds. Returns the exit code."""
-    p = ctx.Process(target=target, args=args)
+def _logged(log, target, args):
+    """Child side: stdout and stderr (file descriptors 1 and 2, so TensorFlow's too) appended to
+    ``log``, then ``target(*args)``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    target(*args)
+
+
+def tail(log, chars=3000):
+    """The end of a job's log (for failure messages)."""
+    try:
+        return f"--- {log}\n" + Path(log).read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return f"--- {log}: no output"
+
+
+def start_job(ctx, target, args, log):
+    """Start ``target(*args)`` in a process of ``ctx``, its output appended to ``log``."""
+    with open(log, "a") as f:
+        f.write(f"=== {getattr(target, '__name__', target)} started {time.strftime('%H:%M:%S')}\n")
+    p = ctx.Process(target=_logged, args=(str(log), target, args))
     p.start()
-    deadline = time.time() + timeout
-    if kill_when is not None:
-        while time.time() < deadline and p.is_alive():
-            if kill_when():
-                time.sleep(delay())
-                os.kill(p.pid, signal.SIGKILL)
-                break
-            time.sleep(0.003)
-    p.join(max(1.0, deadline - time.time()))
-    if p.is_alive():
-        p.kill()
-        p.join()
-        pytest.fail(f"{what} did not finish within {timeout} s")
-    return p.exitcode
+    return p
+
+
+def finish_job(p, log, deadline, what="job"):
+    """Wait for ``p`` until ``deadline`` (``time.monotonic()``); kill it and fail the test with its
+    log's tail if it is still running then. Returns the exit code."""
+    try:
+        p.join(max(1.0, deadline - time.monotonic()))
+        if p.is_alive():
+            pytest.fail(f"{what} did not finish within {TIMEOUT} s (killed)\n{tail(log)}")
+        return p.exitcode
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def run_job(ctx, target, args, *, log, kill_when=None, delay=lambda: 0.0, timeout=TIMEOUT, what="job"):
+    """Run ``target(*args)`` in a process of ``ctx`` (output appended to ``log``); once
+    ``kill_when()`` is true, wait ``delay()`` seconds and SIGKILL it from here (shared by the kill
+    tests; the job itself stops at its next progress point after the kill point, so the kill
+    lands however slowly this process runs). Fails the test with the log's tail if the process
+    has not ended after ``timeout`` seconds. Returns the exit code."""
+    p = start_job(ctx, target, args, log)
+    deadline = time.monotonic() + timeout
+    try:
+        if kill_when is not None:
+            while time.monotonic() < deadline and p.is_alive():
+                if kill_when():
+                    time.sleep(delay())
+                    os.kill(p.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.003)
+        return finish_job(p, log, deadline, what)
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _run(ctx, cfg, kill_at=None, rng=None):
     """Run the job; with ``kill_at=(epoch, batch)`` SIGKILL it from here once it has finished
-    that batch (plus a random 0..40 ms). Returns the exit code."""
+    that batch (plus a random 0..40 ms; the job waits at the end of the next batch). Returns the
+    exit code."""
     Path(cfg["side"]).unlink(missing_ok=True)
 
     def reached():
         pr = _progress(cfg["side"])
         return pr is not None and pr >= kill_at
 
-    return run_job(ctx, _train_job, (cfg,), kill_when=reached if kill_at is not None else None,
+    if kill_at is not None:
+        cfg = dict(cfg, stall_after=list(kill_at))
+    return run_job(ctx, _train_job, (cfg,), log=cfg["output"], kill_when=reached if kill_at is not None else None,
                    delay=lambda: float(rng.uniform(0, 0.04)), what="training job")
 
 
@@ -202,25 +256,27 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data):
     ctx = forkserver()
     rng = np.random.default_rng(2024)
     ref_cfg = _cfg(data, "reference")
-    ref = ctx.Process(target=_train_job, args=(ref_cfg,))
-    ref.start()  # in parallel with the interrupted chain
-
-    cfg = _cfg(data, "killed", batch_sleep=0.02)
-    e1, b1 = int(rng.integers(0, 2)), int(rng.integers(0, 5))
-    # (1) SIGKILL from outside in the middle of epoch e1
-    assert _run(ctx, cfg, kill_at=(e1, b1), rng=rng) == -signal.SIGKILL
-    assert _completed_epochs(cfg["run_dir"]) == e1  # mid-epoch: the epoch in progress is lost, no more
-    assert not Path(cfg["result"]).exists()
-    # (2) SIGKILL inside on_epoch_end of epoch e1 + 1, between the schedule's files and the checkpoint
-    assert _run(ctx, dict(cfg, self_kill_epoch=e1 + 1)) == -signal.SIGKILL
-    assert _completed_epochs(cfg["run_dir"]) == e1 + 1
-    state = json.loads((Path(cfg["run_dir"]) / "schedule_state.json").read_text())
-    assert state["state"]["epoch"] == e1 + 2  # the schedule's file is one epoch ahead of the checkpoint
-    # (3) to the end
-    assert _run(ctx, cfg) == 0
-
-    ref.join(TIMEOUT)
-    assert ref.exitcode == 0, ref.exitcode
+    ref = start_job(ctx, _train_job, (ref_cfg,), ref_cfg["output"])  # in parallel with the interrupted chain
+    try:
+        cfg = _cfg(data, "killed", batch_sleep=0.02)
+        e1, b1 = int(rng.integers(0, 2)), int(rng.integers(0, 5))
+        # (1) SIGKILL from outside in the middle of epoch e1
+        assert _run(ctx, cfg, kill_at=(e1, b1), rng=rng) == -signal.SIGKILL, tail(cfg["output"])
+        assert _completed_epochs(cfg["run_dir"]) == e1  # mid-epoch: the epoch in progress is lost, no more
+        assert not Path(cfg["result"]).exists()
+        # (2) SIGKILL inside on_epoch_end of epoch e1 + 1, between the schedule's files and the checkpoint
+        assert _run(ctx, dict(cfg, self_kill_epoch=e1 + 1)) == -signal.SIGKILL, tail(cfg["output"])
+        assert _completed_epochs(cfg["run_dir"]) == e1 + 1
+        state = json.loads((Path(cfg["run_dir"]) / "schedule_state.json").read_text())
+        assert state["state"]["epoch"] == e1 + 2  # the schedule's file is one epoch ahead of the checkpoint
+        # (3) to the end
+        assert _run(ctx, cfg) == 0, tail(cfg["output"])
+        code = finish_job(ref, ref_cfg["output"], time.monotonic() + TIMEOUT, "reference training")
+        assert code == 0, tail(ref_cfg["output"])
+    finally:
+        if ref.is_alive():
+            ref.kill()
+            ref.join()
     a, b = np.load(ref_cfg["weights"]), np.load(cfg["weights"])
     assert len(a.files) == len(b.files) > 0
     for k in a.files:
