@@ -10,8 +10,6 @@ tested in tests/test_export.py).
 import json
 import os
 import socket
-import subprocess
-import sys
 import urllib.request
 
 import cv2
@@ -27,6 +25,7 @@ from ku.data.images import read_image
 from ku.models import heads
 from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
 
+import procs
 from test_export import make_image, run, toy_model  # shared helpers (no fixtures)
 
 RTOL = 1e-5
@@ -287,12 +286,10 @@ def test_every_flag_has_help_and_python_m_works():
             if action.dest in ("help", "command"):
                 continue
             assert action.help and len(action.help) > 15, (name, action.dest)
-    proc = subprocess.run([sys.executable, "-m", "ku.cli", "predict", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    proc = procs.run(procs.python("-m", "ku.cli", "predict", "--help"))
     assert proc.returncode == 0
     for flag in ("--model", "--weights", "--backbone-weights", "--out", "--max-side",
                  "--path-column", "mlsp-pool3fc"):
         assert flag in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "ku.cli", "--help"], capture_output=True,
-                          text=True, timeout=120)
+    proc = procs.run(procs.python("-m", "ku.cli", "--help"))
     assert proc.returncode == 0 and "exit status: 0 ok" in proc.stdout

@@ -8,8 +8,6 @@ random Inception-v3 weights, a 160 x 160 canvas, 73 x 73 ROI pooling and 5 theme
 """
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import cv2
@@ -24,6 +22,7 @@ from ku.metrics import dist_mean, dist_std
 apm = pytest.importorskip("ku.models.apm")
 theme_roi = pytest.importorskip("ku.models.theme_roi")
 
+import procs  # noqa: E402
 from test_export import assert_close, make_image  # noqa: E402  (shared helpers, no fixtures)
 
 SIZES = [((80, 100), ".jpg"), ((130, 97), ".png"), ((150, 190), ".jpg")]  # the last > canvas
@@ -114,10 +113,10 @@ def no_ku(exports, images, tmp_path_factory):
     out = tmp_path_factory.mktemp("family_no_ku") / "out.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_KU, json.dumps({k: str(v) for k, v in exports.items()}),
-         json.dumps([str(p) for p in images]), json.dumps([3, 0, 4]), str(out)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
+    proc = procs.run(
+        procs.python("-c", NO_KU, json.dumps({k: str(v) for k, v in exports.items()}),
+                     json.dumps([str(p) for p in images]), json.dumps([3, 0, 4]), str(out)),
+        env=env, cwd=str(out.parent))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -3,8 +3,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ import pytest
 from ku.data.augment import augment_all, hosu_augmentations
 from ku.data.store import FeatureStore, FeatureStoreError, merge_stores, shard_path
 from ku.extraction import extract_features
+
+import procs
 
 SIZES = [(24, 32), (31, 17), (40, 40), (18, 27), (33, 21), (26, 35)]
 CORRUPT = 3  # position of the corrupt file in the list
@@ -223,6 +223,8 @@ CHILD = textwrap.dedent(
 
     def slow_read(path, max_pixels=None):
         time.sleep(0.15)
+        if os.path.exists(side) and len(open(side).read().split()) >= 2:
+            time.sleep(900)  # the parent's kill point is passed: wait here to be killed
         return read(path, max_pixels=max_pixels)
 
     extract_features(dict(zip(ids, paths)), store, build_extractor(), attrs={{"pooling": "gap"}},
@@ -244,17 +246,18 @@ def test_sigkill_then_resume_gives_identical_store(tmp_path, mode, reference, im
     store, side, table = tmp_path / "s.h5", tmp_path / "side.txt", tmp_path / "table.json"
     table.write_text(json.dumps([ids, paths]))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.Popen([sys.executable, str(script), mode, str(store), str(table), str(side)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if mode == "external":
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
+    job = procs.start(procs.python(script, mode, store, table, side), tmp_path / "child.log", env=env)
+    try:
+        deadline = time.monotonic() + procs.TIMEOUT
+        while mode == "external" and time.monotonic() < deadline and job.popen.poll() is None:
             if side.exists() and len(side.read_text().split()) >= 2:
-                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(job.popen.pid, signal.SIGKILL)  # the child waits at its next read
                 break
             time.sleep(0.01)
-    out, err = proc.communicate(timeout=90)
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, out.decode()[-2000:], err.decode()[-3000:])
-    assert b"FINISHED" not in out
+        procs.wait_all([job], max(1.0, deadline - time.monotonic()), ok=(-signal.SIGKILL,))
+    finally:
+        procs.kill([job])
+    assert "FINISHED" not in job.output()
 
     ref = FeatureStore(reference[0])
     with FeatureStore(store) as s:  # opens fine after the kill

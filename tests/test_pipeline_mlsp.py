@@ -1,7 +1,5 @@
 """End-to-end Hosu et al. 2019 pipeline on a tiny demo set, and the scripts' command lines."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,8 @@ import pytest
 from ku.data.demo import load_demo
 from ku.pipelines import mlsp as pipeline
 from ku.training import paper_schedule
+
+import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +64,7 @@ def _fail_download(*args, **kwargs):
 
 def _script(name, *args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    return procs.run(procs.python(ROOT / "scripts" / name, *args), env=env, cwd=ROOT)
 
 
 @pytest.mark.parametrize("name", ["train_mlsp.py", "train_pool3fc.py", "extract_mlsp.py",

@@ -1,16 +1,16 @@
 """Every script explains its flags (--helpfull) and refuses a bad flag naming it, without a traceback."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py"))
 
 
-def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _run(*args):
+    return procs.run(procs.python(*args))
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -4,8 +4,7 @@ extraction of the demo images + glob reading + merge end to end; memory stays fl
 is 10x larger (and has 10x more shards)."""
 import json
 import pickle
-import subprocess
-import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from ku.data.store import (
     shard_bounds,
     shard_path,
 )
+
+import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 N, A, FS = 23, 3, (2,)
@@ -195,21 +196,13 @@ MEMORY_PROBE = textwrap.dedent('''
 
 def _probe(*jobs):
     """Run the probe for each (spec, ids) in parallel subprocesses; their JSON results."""
-    procs = [subprocess.Popen([sys.executable, "-c", MEMORY_PROBE, json.dumps(spec), json.dumps(ids)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                              env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
-             for spec, ids in jobs]
-    out = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0, stderr[-3000:]
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
-    return out
+    with tempfile.TemporaryDirectory(prefix="ku-probe-") as tmp:
+        started = [procs.start(procs.python("-c", MEMORY_PROBE, json.dumps(spec), json.dumps(ids)),
+                               Path(tmp) / f"probe{i}.out", err_log=Path(tmp) / f"probe{i}.err", cwd=ROOT,
+                               env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+                   for i, (spec, ids) in enumerate(jobs)]
+        procs.wait_all(started)
+        return [json.loads(j.log.read_text().strip().splitlines()[-1]) for j in started]
 
 
 def test_memory_stays_flat_for_a_10x_larger_store(tmp_path):

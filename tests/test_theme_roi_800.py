@@ -2,8 +2,6 @@
 weights copied from a plain keras.applications InceptionV3, SavedModel export with a dynamic batch.
 (Separate module: one 800 x 800 forward pass per image costs seconds on a CPU.)"""
 import os
-import subprocess
-import sys
 import textwrap
 
 import h5py
@@ -11,6 +9,8 @@ import keras
 import numpy as np
 
 from ku.models.theme_roi import theme_roi_model
+
+import procs
 
 
 def randomize(model, seed=0):
@@ -63,7 +63,7 @@ def test_800_146_weights_and_export(tmp_path):
         assert "ku" not in sys.modules
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    run = procs.run(procs.python("-c", code), env=env, cwd=None, log_dir=tmp_path, name="export_800")
     assert run.returncode == 0, run.stderr[-3000:]
     x = np.zeros((1, 800, 800, 3), np.float32)
     x[:, :150, :120] = np.random.default_rng(0).uniform(0, 255, (2, 150, 120, 3))[:1]
