@@ -1,4 +1,4 @@
-"""Distributed training (ku.distribute, issue 7): TF_CONFIG checks, global batches split per
+"""Distributed training (ku.distribute): TF_CONFIG checks, global batches split per
 worker, and two MultiWorkerMirroredStrategy workers on 127.0.0.1 training Pool-3FC on a sharded
 feature store: both finish, hold identical weights, and reach the loss of a single-process run
 (tolerance: rtol 2e-3 on every epoch's loss; measured ~1e-4, float summation order)."""

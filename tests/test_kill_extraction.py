@@ -1,4 +1,4 @@
-"""Crash-safe extraction end to end (issue 8): ``scripts/extract_mlsp.py`` on a real Inception-v3
+"""Crash-safe extraction end to end: ``scripts/extract_mlsp.py`` on a real Inception-v3
 MLSP extractor (random weights, seeded), killed with SIGKILL at random moments, re-run, must
 give the store of an uninterrupted run.
 
@@ -7,7 +7,9 @@ protocol (between features and flags, while writing features, from outside) with
 stand-in extractor. This module covers the rest of the path, end to end: the command-line
 script, the label CSV reader, ``read_image``, the real backbone, a bad image (truncated JPEG)
 and a too-small one (10 x 10, refused, not upscaled) among the good ones, and kills at random
-moments (seeded) during the extraction loop, twice in a row, before the final run.
+moments (seeded) during the extraction loop, twice in a row, before the final run. (A job to be
+killed waits at its first read or write after the kill point, so the kill lands however slowly
+the test process runs.)
 
 "Identical" (asserted): the final file has the same sha256 as the uninterrupted run's file
 (byte for byte). That implies, and the test also checks one by one for readable failures:

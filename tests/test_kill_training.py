@@ -1,4 +1,4 @@
-"""Crash-safe training (issue 8): SIGKILL a real training process mid-epoch, start it again, and
+"""Crash-safe training: SIGKILL a real training process mid-epoch, start it again, and
 it must end exactly where an uninterrupted run ends.
 
 What "the same result" means here (asserted below):
