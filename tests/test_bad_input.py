@@ -61,7 +61,7 @@ def test_bad_input(case, tmp_path, request):
         logs.mkdir()
         r, tf_stack = _run_cli(params, request.getfixturevalue("tf_trap"), logs)
         err = r.stderr
-        # the checks come first: no TensorFlow import, no backbone built, no dataset scanned
+        # the checks come first: TensorFlow is not even imported (so no backbone is built)
         assert not tf_stack, f"TensorFlow was imported before the input check, from:\n{tf_stack[-3000:]}"
         assert r.returncode != 0, (r.stdout[-2000:], err[-2000:])
         assert "Traceback" not in err, err[-3000:]
