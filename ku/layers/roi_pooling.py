@@ -378,6 +378,9 @@ class ImageBoxes(keras.layers.Layer):
     (:func:`image_boxes`; Jia et al. §III-A: "the coordinates of one corner is fixed to (0, 0),
     only its diagonal coordinates need to be adjusted according to the image size").
 
+    Input: ``(B, 2)`` sizes (any numeric dtype). Output: ``(B, 4)`` float32, also under a
+    mixed-precision dtype policy (the ROI layers cast boxes to float32 anyway).
+
     Args:
         convention: ``"pixels"`` (inclusive indices, ``(0, 0, h - 1, w - 1)``) or
             ``"continuous"`` (``(0, 0, h, w)``).
@@ -394,6 +397,11 @@ class ImageBoxes(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 4)
+
+    def compute_output_spec(self, sizes):
+        # float32 boxes under every dtype policy, as ``call`` returns them (the ROI layers
+        # compute box coordinates in float32)
+        return keras.KerasTensor((sizes.shape[0], 4), dtype="float32")
 
     def get_config(self):
         config = super().get_config()

@@ -110,6 +110,9 @@ class MapValidSize(keras.layers.Layer):
     ``padding="valid"``: ``max(floor((n - d*(k-1) - 1) / s) + 1, 0)``; for ``"same"``:
     ``ceil(n / s)``. (Pads count as valid: they are zeros in the unpadded image too.)
 
+    Input: ``(B, 2)`` valid ``(height, width)`` per image (any numeric dtype). Output: ``(B, 2)``
+    int32, also under a mixed-precision dtype policy.
+
     Args:
         kernel_size, strides, dilation_rate: ints or pairs (height, width).
         padding: ``"valid"`` or ``"same"``.
@@ -142,6 +145,10 @@ class MapValidSize(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def compute_output_spec(self, sizes):
+        # int32 sizes whatever the input dtype or the layer's dtype policy (as ``call`` returns)
+        return keras.KerasTensor(sizes.shape, dtype="int32")
 
     def get_config(self):
         config = super().get_config()
