@@ -44,6 +44,11 @@ __all__ = [
     "build_backbone",
     "check_same_backbone",
     "weights_fingerprint",
+    "backbone_seed",
+    "backbone_record",
+    "backbone_record_path",
+    "save_backbone_record",
+    "load_backbone_record",
     "keras_cache_dir",
     "imagenet_weights_path",
     "mlsp_tap_names",
@@ -430,19 +435,95 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def backbone_seed(model) -> Optional[int]:
+    """The initialisation seed of a ku backbone (:func:`build_backbone` records it as
+    ``model.ku_seed``; :func:`ku.models.mlsp.mlsp_extractor` passes it on to the extractor), or
+    None when ``model`` does not say (a model loaded from a ``.keras`` file, a plain callable)."""
+    seed = getattr(model, "ku_seed", None)
+    return None if seed is None else int(seed)
+
+
+#: The keys of a backbone record: what identifies the backbone a head's features came from.
+BACKBONE_RECORD_KEYS = ("backbone", "weights", "backbone_seed", "extractor_sha256")
+
+
+def backbone_record(store_attrs) -> dict:
+    """The backbone record of a feature store's attributes: ``backbone``, ``weights``,
+    ``backbone_seed`` and ``extractor_sha256`` (those present), as plain JSON values."""
+    import numpy as np
+
+    out = {}
+    for key in BACKBONE_RECORD_KEYS:
+        if key in store_attrs:
+            v = store_attrs[key]
+            v = v.item() if isinstance(v, np.generic) else v
+            out[key] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def backbone_record_path(model_path) -> Path:
+    """Where the backbone record of a saved head or model lives: ``run/head.keras`` ->
+    ``run/head.backbone.json`` (next to it, same stem)."""
+    p = Path(model_path)
+    stem = p.name[: -len(".weights.h5")] if p.name.endswith(".weights.h5") else p.stem
+    return p.with_name(stem + ".backbone.json")
+
+
+def save_backbone_record(model_path, store_attrs) -> Path:
+    """Write the backbone record of the features ``model_path`` (a head, or a model built on it)
+    was trained on next to it (:func:`backbone_record_path`), so that whoever loads the file can
+    pair it with the same backbone: ``ku predict --weights head.keras`` checks it with
+    :func:`check_same_backbone` and takes the recorded seed for ``--backbone-weights none``.
+
+    Args:
+        model_path: the saved ``.keras`` / ``.weights.h5`` file.
+        store_attrs: the feature store's attributes (``FeatureStore.attrs``) or a dict with the
+            keys of :data:`BACKBONE_RECORD_KEYS`.
+    Returns:
+        the path of the JSON file written (atomically and durably).
+    """
+    import json
+
+    from ku.data.durable import atomic_write
+
+    path = backbone_record_path(model_path)
+    atomic_write(path, json.dumps(backbone_record(store_attrs), indent=1) + "\n",
+                 what="backbone record")
+    return path
+
+
+def load_backbone_record(model_path) -> Optional[dict]:
+    """The record :func:`save_backbone_record` wrote next to ``model_path``, or None when there is
+    none. Raises ``ValueError`` naming the file when it is not a JSON object."""
+    import json
+
+    path = backbone_record_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"backbone record {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"backbone record {str(path)!r} must be a JSON object, got "
+                         f"{type(record).__name__}")
+    return record
+
+
 def check_same_backbone(store_attrs, extractor, what: str = "the head") -> None:
     """Refuse to pair ``what`` (trained on the features of a store) with another backbone.
 
     Args:
-        store_attrs: the feature store's attributes (``FeatureStore.attrs`` or the dict a run
-            saved): ``backbone``, ``weights``, optional ``backbone_seed`` and ``extractor_sha256``
-            (the weights fingerprint written at extraction).
+        store_attrs: the feature store's attributes (``FeatureStore.attrs``, or a backbone record
+            from :func:`load_backbone_record`): ``backbone``, ``weights``, ``backbone_seed`` and
+            ``extractor_sha256`` (the weights fingerprint written at extraction).
         extractor: the extractor (or whole model) that will compute the features now.
         what: what was trained on the stored features, for the message.
 
     Raises:
         BackboneMismatchError: the fingerprints differ; the message names the store's backbone,
-            weights and seed, and how to get the same backbone back.
+            weights and seed, the seed of ``extractor`` (when known), and how to get the same
+            backbone back.
     """
     want = store_attrs.get("extractor_sha256")
     if want is None:
@@ -451,16 +532,23 @@ def check_same_backbone(store_attrs, extractor, what: str = "the head") -> None:
     got = weights_fingerprint(extractor)
     if got == want:
         return
-    seed = store_attrs.get("backbone_seed", DEFAULT_SEED)
+    seed = store_attrs.get("backbone_seed")
+    seed_text = "not recorded" if seed is None else str(int(seed))
     weights = store_attrs.get("weights", "unknown")
-    how = (f"build it with weights=None, seed={seed} (ku's default seed is {DEFAULT_SEED})"
-           if str(weights) in ("random", "none", "None") else
-           f"build it with the same weights ({weights})")
+    if str(weights) in ("random", "none", "None"):
+        how = (f"build it with weights=None, seed={seed_text} (ku predict / ku export: "
+               f"--backbone-weights none --backbone-seed {seed_text})" if seed is not None else
+               f"build it with weights=None and the seed it had (ku's default seed is "
+               f"{DEFAULT_SEED}; the store does not record it)")
+    else:
+        how = f"build it with the same weights ({weights})"
+    now_seed = backbone_seed(extractor)
+    now = "" if now_seed is None else f"seed {now_seed}, "
     raise BackboneMismatchError(
         f"{what} was trained on features of backbone {store_attrs.get('backbone')!r} "
-        f"(weights {weights!r}, seed {seed}, weights sha256 {want[:12]}...), but "
-        f"{getattr(extractor, 'name', 'this extractor')!r} has other weights (sha256 {got[:12]}...): "
-        f"its scores would be meaningless. Pair it with the same backbone: {how}.")
+        f"(weights {weights!r}, seed {seed_text}, weights sha256 {str(want)[:12]}...), but "
+        f"{getattr(extractor, 'name', 'this extractor')!r} has other weights ({now}sha256 "
+        f"{got[:12]}...): its scores would be meaningless. Pair it with the same backbone: {how}.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -214,7 +214,8 @@ def _released_weights(args, backbone) -> Path:
 
 
 def _build_mlsp(args, head_name, pooling):
-    from ku.backbones import mlsp_block_channels
+    from ku.backbones import (BackboneMismatchError, build_backbone, check_same_backbone,
+                              mlsp_block_channels)
     from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
     from ku.pipelines.mlsp import build_head
 
@@ -238,8 +239,46 @@ def _build_mlsp(args, head_name, pooling):
         return build_head(head_name, feature_shape, backbone=backbone, output=output, n_bins=n_bins)
 
     head = _load_head_weights(head_path, new_head, feature_shape)
-    extractor = mlsp_extractor(backbone, weights=_backbone_weights(args, backbone), pooling=pooling)
-    return mlsp_end_to_end(extractor, head, name=f"{args.model}_{backbone}")
+    record = _backbone_record(head_path, "--weights")
+    weights = _backbone_weights(args, backbone)
+    seed = _backbone_seed(args, record, random=weights is None)
+    extractor = mlsp_extractor(backbone, pooling=pooling, backbone_model=build_backbone(
+        backbone, weights=weights, seed=seed))
+    if record is not None:
+        try:
+            check_same_backbone(record, extractor, what=f"--weights {str(head_path)!r}")
+        except BackboneMismatchError as e:
+            raise UsageError("--backbone-weights/--backbone-seed", str(e)) from None
+    model = mlsp_end_to_end(extractor, head, name=f"{args.model}_{backbone}")
+    model.ku_seed, model.ku_weights = extractor.ku_seed, extractor.ku_weights
+    return model
+
+
+def _backbone_record(path: Path, flag: str):
+    """The backbone record saved next to a head / model file (``<stem>.backbone.json``), or None."""
+    from ku.backbones import load_backbone_record
+
+    try:
+        return load_backbone_record(path)
+    except ValueError as e:
+        raise UsageError(flag, str(e)) from None
+
+
+def _backbone_seed(args, record, random: bool) -> int:
+    """--backbone-seed, else the seed the head's backbone record names, else ku's default. The
+    seed only matters for a random backbone (--backbone-weights none): refused otherwise."""
+    from ku.backbones import DEFAULT_SEED
+
+    if args.backbone_seed is not None:
+        if not random:
+            raise UsageError("--backbone-seed", "only applies with --backbone-weights none (a "
+                                                "random backbone); other weights replace it")
+        return args.backbone_seed
+    if random and record is not None and record.get("backbone_seed") is not None:
+        seed = int(record["backbone_seed"])
+        _echo(args, f"ku: random backbone seeded with {seed}, the seed recorded with the head")
+        return seed
+    return DEFAULT_SEED
 
 
 def load_model(args):
@@ -255,6 +294,9 @@ def load_model(args):
     if spec is not None:
         model = spec.build(args)
         return model, (args.family or spec.family)
+    if args.backbone_seed is not None:
+        raise UsageError("--backbone-seed", "applies to a short --model with --backbone-weights "
+                                            "none; a .keras model holds its backbone's weights")
     path = Path(args.model).expanduser()
     if path.name.lower().endswith(".weights.h5"):
         raise UsageError("--model", f"{args.model!r} is a weights file: pass it as --weights "
@@ -282,6 +324,10 @@ def load_model(args):
         except Exception as e:  # noqa: BLE001
             raise UsageError("--weights", f"cannot load {args.weights!r} into {model.name!r}: "
                                           f"{_short_reason(e)}") from None
+    record = _backbone_record(path, "--model")
+    if record is not None and not args.weights:  # which backbone, for the export's metadata
+        model.ku_seed = record.get("backbone_seed")
+        model.ku_weights = record.get("weights")
     from ku.export import guess_family
 
     return model, (args.family or guess_family(model))
@@ -732,7 +778,8 @@ def _cmd_predict(args) -> int:
     model, family = load_model(args)
     module = _module_for(args, model, family)
     run_info = {"model": args.model, "weights": args.weights, "backbone": args.backbone,
-                "backbone_weights": args.backbone_weights, "family": family,
+                "backbone_weights": args.backbone_weights,
+                "backbone_seed": getattr(model, "ku_seed", None), "family": family,
                 "model_name": model.name, "min_side": module.min_side, "max_side": module.max_side,
                 "small_images": module.small_images, "max_pixels": max_pixels,
                 "score_range": args.score_range, "n_bins": args.n_bins, "output": args.output}
@@ -849,10 +896,13 @@ def _cmd_export(args) -> int:
     if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
         raise UsageError("--out", f"cannot create {args.out!r}: {str(anc)!r} is "
                                   f"{'not a folder' if not anc.is_dir() else 'not writable'}")
+    from ku.size_policy import DEFAULT_MAX_PIXELS
+
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     model, family = load_model(args)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)  # missing parent folders
     kw = dict(family=family, score_range=args.score_range, max_side=args.max_side,
-              small_images=args.small_images, overwrite=args.overwrite)
+              small_images=args.small_images, overwrite=args.overwrite, max_pixels=max_pixels)
     if args.min_side is not None:
         kw["min_side"] = None if args.min_side == 0 else args.min_side
     try:
@@ -860,8 +910,9 @@ def _cmd_export(args) -> int:
     except ValueError as e:
         raise UsageError("--out/--score-range/--min-side/--max-side", str(e)) from None
     meta = json.loads((path / "assets.extra" / "ku_export.json").read_text())
+    limit = f"{meta['max_pixels']:,}" if meta.get("max_pixels") else "none"
     print(f"exported {model.name} ({family}) to {path}: signatures {', '.join(meta['signatures'])}; "
-          f"outputs {', '.join(meta['outputs'])}")
+          f"outputs {', '.join(meta['outputs'])}; pixel limit {limit}")
     return EXIT_OK
 
 
@@ -909,6 +960,10 @@ def _add_model_args(p):
                         "(~/.keras/models or $KERAS_HOME/models; never downloaded, an error says "
                         "which file to put there), 'none' (random, for tests only) or a .h5 / "
                         ".weights.h5 file (default: imagenet)")
+    g.add_argument("--backbone-seed", type=_non_negative_int, metavar="N",
+                   help="seed of the random backbone of --backbone-weights none (default: the "
+                        "seed recorded next to a --weights head as <stem>.backbone.json, else 0); "
+                        "a head trained on a random backbone is refused with any other")
     g.add_argument("--output", choices=["mos", "distribution"],
                    help="what a weights-only head predicts (default mos; ignored for .keras "
                         "files, which know)")
@@ -1011,6 +1066,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tf.saved_model.load or TF Serving without ku.")
     p.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--max-pixels", type=_non_negative_int, metavar="N",
+                   help="serving_default refuses images with more than N pixels, read from the "
+                        "header before decoding (default 50,000,000; 0 = no limit). Size policy: "
+                        "docs/bad_input.md")
     _add_model_args(p)
     for p in sub.choices.values():
         _add_verbose(p)

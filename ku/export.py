@@ -54,7 +54,7 @@ their aspect ratio exceeds ``max_aspect`` (20: refused, a 1 x 20000 strip would 
 resize, reading uint8: <= 16 bytes per input pixel), which bounds memory at full resolution;
 ``min_side`` wins where both cannot hold. New sizes are ``round(side * scale)`` (half to even).
 
-Input checks (issue 8): a wrong rank, channel count, value range, batch-size mismatch between
+Input checks: a wrong rank, channel count, value range, batch-size mismatch between
 ``images`` and ``theme``, or a too-small image fails with a ``tf.errors.InvalidArgumentError``
 whose message names the signature, the argument and the expected shape / dtype, e.g.
 ``predict_images: images must be a float32 tensor [batch, height, width, 3] of RGB values in
@@ -831,7 +831,8 @@ def make_scoring_module(model, *, family="mlsp", n_bins=None, score_range=None, 
 
 def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=None,
                        min_side="auto", max_side=None, small_images="upscale", theme=None,
-                       overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, max_aspect=MAX_ASPECT):
+                       overwrite=False, max_pixels=DEFAULT_MAX_PIXELS, max_aspect=MAX_ASPECT,
+                       backbone_seed="auto"):
     """Export a Keras model as a TensorFlow SavedModel that needs neither ku nor Keras to run.
 
     Signatures ``serving_default`` (encoded bytes), ``predict_images`` (float32 images) and, for
@@ -859,10 +860,16 @@ def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=N
         theme: whether the signatures take ``theme`` (default: the family takes themes and the
             model has an input named ``theme``).
         overwrite: replace an existing non-empty ``path``.
+        backbone_seed: initialisation seed of the model's backbone, recorded in the metadata
+            (a randomly initialised backbone is only reproducible with its seed); ``"auto"``:
+            ``model.ku_seed`` (:func:`ku.backbones.backbone_seed`; None when the model does not
+            carry it, e.g. loaded from a ``.keras`` file), or an int / None.
 
     Returns:
         ``pathlib.Path`` of the SavedModel folder. A JSON description of the export is written to
-        ``<path>/assets.extra/ku_export.json``.
+        ``<path>/assets.extra/ku_export.json``: the :meth:`ScoringModule.metadata` keys plus
+        ``backbone_seed`` and ``backbone_weights`` (``model.ku_weights``: ``"random"``,
+        ``"imagenet"``, a file, or None when unknown).
 
     Raises:
         ValueError: bad arguments (named), a non-empty ``path`` without ``overwrite``.
@@ -873,6 +880,12 @@ def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=N
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise ValueError(f"export_saved_model: path {str(path)!r} exists and is not an empty "
                          "folder (pass overwrite=True to replace it)")
+    if isinstance(backbone_seed, str) and backbone_seed == "auto":
+        backbone_seed = getattr(model, "ku_seed", None)
+    if backbone_seed is not None and (isinstance(backbone_seed, bool) or not isinstance(
+            backbone_seed, (int, np.integer))):
+        raise ValueError(f"export_saved_model: backbone_seed must be an int, None or 'auto', got "
+                         f"{backbone_seed!r}")
     module = make_scoring_module(model, family=family, n_bins=n_bins, score_range=score_range,
                                  min_side=min_side, max_side=max_side, small_images=small_images,
                                  theme=theme, max_pixels=max_pixels, max_aspect=max_aspect)
@@ -884,7 +897,11 @@ def export_saved_model(model, path, *, family="mlsp", n_bins=None, score_range=N
     tf.saved_model.save(module, str(path), signatures=signatures)
     extra = path / "assets.extra"
     extra.mkdir(exist_ok=True)
-    (extra / "ku_export.json").write_text(json.dumps(module.metadata(), indent=1))
+    meta = module.metadata()
+    meta["backbone_seed"] = None if backbone_seed is None else int(backbone_seed)
+    weights = getattr(model, "ku_weights", None)
+    meta["backbone_weights"] = None if weights is None else str(weights)
+    (extra / "ku_export.json").write_text(json.dumps(meta, indent=1))
     logger.info("exported %s (%s) to %s", model.name, module.family.name, path)
     return path
 

@@ -276,6 +276,8 @@ def extract_features(
         attrs: extra store attributes; ``backbone``, ``weights``, ``taps``, ``pooling`` are
             expected (defaults: the extractor's name / ``"unknown"`` / ``[]`` / ``"unknown"``). The
             store also records ``extractor``, ``extractor_sha256`` (weights fingerprint),
+            ``backbone_seed`` (the initialisation seed of a ku backbone, ``extractor.ku_seed``,
+            see :func:`ku.backbones.backbone_seed`; absent for other extractors),
             ``crop_fraction`` and ``max_pixels``.
         resume: an existing store with the same ids and attributes is continued (complete rows
             are skipped, failed ones retried); different ids/attributes raise
@@ -334,6 +336,9 @@ def extract_features(
     fp = extractor_fingerprint(extractor)
     if fp is not None:
         full_attrs["extractor_sha256"] = fp
+    seed = getattr(extractor, "ku_seed", None)  # ku.backbones.backbone_seed (no Keras import here)
+    if seed is not None:
+        full_attrs["backbone_seed"] = int(seed)
     full_attrs.update(dict(attrs or {}))
     if shard is not None:
         full_attrs["shard"] = [k, n]
@@ -382,7 +387,9 @@ def _open_or_create(store_path, ids, names, fshape, full_attrs, dtype, resume) -
             expected = dict(full_attrs)
             expected.update(format=store.attrs.get("format"), feature_shape=list(fshape),
                             dtype=np.dtype(dtype).name, n_augmentations=len(names), augmentations=names)
-            bad = diff_attrs(store.attrs, expected, ignore=("ku_version",))
+            # a store begun before ku recorded the seed resumes: extractor_sha256 still checks it
+            ignore = ("ku_version",) + (() if "backbone_seed" in store.attrs else ("backbone_seed",))
+            bad = diff_attrs(store.attrs, expected, ignore=ignore)
             if bad:
                 raise FeatureStoreError(
                     f"{store_path}: existing store was made with other settings: "

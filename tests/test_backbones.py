@@ -262,3 +262,90 @@ def test_head_refuses_another_backbone(iv3):
                            backbone_model=build_backbone("inception_v3", weights=None, seed=7))
     with pytest.raises(bb.BackboneMismatchError, match=r"weights=None, seed=0"):
         bb.check_same_backbone(attrs, other)
+
+
+# ---------------------------------------------------------------------------------------------
+# the seed is recorded with the store, the head and the CLI's random backbone
+# ---------------------------------------------------------------------------------------------
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def seeded_store(tmp_path_factory, iv3):
+    """Narrow MLSP features of one small image from a random Inception-v3 with seed 3, its
+    store attributes and a Single-1FC head saved with the store's backbone record."""
+    import cv2
+
+    from ku.extraction import extract_features
+    from ku.models.heads import single_1fc
+    from ku.models.mlsp import mlsp_extractor
+
+    d = tmp_path_factory.mktemp("seeded")
+    img = np.random.default_rng(0).integers(0, 255, (96, 104, 3), dtype=np.uint8)
+    cv2.imwrite(str(d / "a.png"), img)
+    seeded = mlsp_extractor("inception_v3", pooling="narrow",
+                            backbone_model=build_backbone("inception_v3", weights=None, seed=SEED))
+    assert bb.backbone_seed(seeded) == SEED and seeded.ku_weights == "random"
+    report = extract_features({"a": str(d / "a.png")}, d / "feats.h5", seeded,
+                              augmentations=["original"], progress=False,
+                              attrs={"backbone": "inception_v3", "weights": "random"})
+    assert report.n_failed == 0
+    from ku.data.store import FeatureStore
+
+    with FeatureStore(d / "feats.h5") as s:
+        attrs = dict(s.attrs)
+    head = single_1fc(10048)
+    head.save(d / "head.keras")
+    record_path = bb.save_backbone_record(d / "head.keras", attrs)
+    return {"dir": d, "attrs": attrs, "extractor": seeded, "record_path": record_path}
+
+
+def test_store_records_the_backbone_seed(seeded_store, iv3):
+    from ku.models.mlsp import mlsp_extractor
+
+    attrs = seeded_store["attrs"]
+    assert int(attrs["backbone_seed"]) == SEED
+    bb.check_same_backbone(attrs, seeded_store["extractor"])  # the same seeded backbone: fine
+    default = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=iv3)  # seed 0
+    with pytest.raises(bb.BackboneMismatchError) as e:
+        bb.check_same_backbone(attrs, default, what="the test head")
+    msg = str(e.value)
+    assert f"seed {SEED}" in msg and f"--backbone-seed {SEED}" in msg and "seed 0," in msg, msg
+
+
+def test_backbone_record_next_to_the_head(seeded_store, tmp_path):
+    path = seeded_store["record_path"]
+    assert path == seeded_store["dir"] / "head.backbone.json"
+    assert bb.backbone_record_path(tmp_path / "best.weights.h5").name == "best.backbone.json"
+    record = bb.load_backbone_record(seeded_store["dir"] / "head.keras")
+    assert record == {"backbone": "inception_v3", "weights": "random", "backbone_seed": SEED,
+                      "extractor_sha256": seeded_store["attrs"]["extractor_sha256"]}
+    assert bb.load_backbone_record(tmp_path / "other.keras") is None
+    (tmp_path / "bad.backbone.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.backbone.json"):
+        bb.load_backbone_record(tmp_path / "bad.keras")
+
+
+def _cli_args(*argv):
+    from ku import cli
+
+    return cli.build_parser().parse_args(["predict", "x.jpg", *argv])
+
+
+def test_cli_random_backbone_takes_the_recorded_seed(seeded_store):
+    """``--backbone-weights none`` with a head whose record says seed 3 builds the seed-3
+    backbone (the head's check passes); another ``--backbone-seed`` is refused naming seed 3."""
+    from ku import cli
+
+    head = str(seeded_store["dir"] / "head.keras")
+    common = ["--model", "mlsp-single1fc", "--backbone", "inception_v3", "--weights", head,
+              "--backbone-weights", "none", "-q"]
+    model, family = cli.load_model(_cli_args(*common))
+    assert family == "mlsp" and model.ku_seed == SEED and model.ku_weights == "random"
+    with pytest.raises(cli.UsageError) as e:
+        cli.load_model(_cli_args(*common, "--backbone-seed", "0"))
+    assert "--backbone-seed" in e.value.argument and f"--backbone-seed {SEED}" in str(e.value)
+    with pytest.raises(cli.UsageError, match="only applies with --backbone-weights none"):
+        cli.load_model(_cli_args("--model", "mlsp-single1fc", "--backbone", "inception_v3",
+                                 "--weights", head, "--backbone-weights", str(head),
+                                 "--backbone-seed", "1"))

@@ -393,3 +393,51 @@ def test_keras_file_reloads_after_import_ku_without_custom_objects(dist_model, t
         "keras.models.load_model failed after `import ku` (ku/__init__.py must import the modules "
         "that register ku's Keras objects):\n" + proc.stderr[-1500:])
     assert_close(np.load(tmp_path / "y.npy"), run(dist_model, x))
+
+
+def test_export_records_the_backbone_seed(tmp_path):
+    """``ku_export.json`` names the backbone's seed: from ``model.ku_seed`` (what
+    ``build_backbone`` / ``mlsp_extractor`` / ``ku predict`` set), or given explicitly."""
+    model = toy_model(name="seeded_toy")
+    model.ku_seed, model.ku_weights = 5, "random"
+    meta = json.loads((export_saved_model(model, tmp_path / "a") / "assets.extra"
+                       / "ku_export.json").read_text())
+    assert meta["backbone_seed"] == 5 and meta["backbone_weights"] == "random"
+    meta = json.loads((export_saved_model(toy_model(), tmp_path / "b", backbone_seed=None)
+                       / "assets.extra" / "ku_export.json").read_text())
+    assert meta["backbone_seed"] is None and meta["backbone_weights"] is None
+    with pytest.raises(ValueError, match="backbone_seed"):
+        export_saved_model(model, tmp_path / "c", backbone_seed="3")
+
+
+def test_cli_export_max_pixels_and_seed_record(tmp_path, toy):
+    """``ku export --max-pixels N``: the export refuses images over N pixels from the header
+    (0: no limit); a ``.keras`` model's backbone record (``<stem>.backbone.json``) gives the
+    seed written to the export's metadata."""
+    from ku import cli
+    from ku.backbones import save_backbone_record
+
+    toy.save(tmp_path / "toy.keras")
+    save_backbone_record(tmp_path / "toy.keras", {"backbone": "toy", "weights": "random",
+                                                  "backbone_seed": 7})
+    assert cli.main(["export", "--model", str(tmp_path / "toy.keras"), "--out",
+                     str(tmp_path / "limited"), "--max-pixels", "1000"]) == 0
+    meta = json.loads((tmp_path / "limited" / "assets.extra" / "ku_export.json").read_text())
+    assert meta["max_pixels"] == 1000 and meta["backbone_seed"] == 7
+    serve = tf.saved_model.load(str(tmp_path / "limited")).signatures["serving_default"]
+    small = tf.io.encode_png(make_image(30, 30, seed=1))  # 900 pixels: scored
+    assert np.isfinite(serve(images=tf.stack([small]))["mean_score"].numpy()).all()
+    big = tf.io.encode_png(make_image(40, 40, seed=2))  # 1,600 pixels: refused
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=1,000"):
+        serve(images=tf.stack([big]))
+    assert cli.main(["export", "--model", str(tmp_path / "toy.keras"), "--out",
+                     str(tmp_path / "unlimited"), "--max-pixels", "0"]) == 0
+    meta = json.loads((tmp_path / "unlimited" / "assets.extra" / "ku_export.json").read_text())
+    assert meta["max_pixels"] is None
+    assert cli.main(["export", "--model", str(tmp_path / "toy.keras"), "--out",  # argparse error
+                     str(tmp_path / "x"), "--max-pixels", "-1"]) == 2
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(cli.UsageError, match="--backbone-seed"):
+        cli.load_model(cli.build_parser().parse_args(
+            ["export", "--model", str(tmp_path / "toy.keras"), "--out", str(tmp_path / "y"),
+             "--backbone-seed", "1"]))

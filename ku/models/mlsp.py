@@ -78,7 +78,8 @@ def mlsp_extractor(
 
     Returns:
         ``keras.Model`` mapping 0..255 RGB images ``(B, H, W, 3)`` to features, named
-        ``"mlsp_<pooling>_<backbone>"``.
+        ``"mlsp_<pooling>_<backbone>"``; it carries the backbone's ``ku_seed`` / ``ku_weights``
+        (:func:`ku.backbones.backbone_seed`), which feature stores record.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"mlsp_extractor: pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -110,7 +111,11 @@ def mlsp_extractor(
         if len(pooled) > 1
         else keras.layers.Identity(name=name_out)(pooled[0])
     )
-    return keras.Model(backbone_model.input, out, name=f"mlsp_{pooling}_{backbone}")
+    model = keras.Model(backbone_model.input, out, name=f"mlsp_{pooling}_{backbone}")
+    for attr in ("ku_seed", "ku_weights"):  # which backbone: recorded with extracted features
+        if hasattr(backbone_model, attr):
+            setattr(model, attr, getattr(backbone_model, attr))
+    return model
 
 
 def mlsp_end_to_end(extractor: keras.Model, head: keras.Model, name: str = "mlsp_end_to_end",
