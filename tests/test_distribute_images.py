@@ -29,6 +29,7 @@ import procs
 from loopback import ROOT, read_weights, run_cluster, worker_env
 
 DEMO_IMAGES = 48  # the script tests' demo set: APM 34 training / 2 validation / 12 test images
+THEME_EFFECTS = 0.5  # the theme-ROI script's demo votes (--demo_theme_effects)
 
 WORKER = textwrap.dedent('''
 import json, os, sys
@@ -128,8 +129,11 @@ json.dump(result, open(os.path.join(out, f"result-{mode}-{info['task_id']}.json"
 def demo_built():
     from ku.data.demo import load_demo, make_demo_set
 
-    load_demo(split="murray")  # build the demo sets once, before the workers read them
+    # build every demo set once, here: two workers building the same set at once race (one
+    # replaces the folder the other is reading)
+    load_demo(split="murray")
     make_demo_set(n_images=DEMO_IMAGES, seed=0)
+    make_demo_set(n_images=DEMO_IMAGES, seed=0, theme_effects=THEME_EFFECTS)
 
 
 def test_two_workers_train_apm_and_theme_roi_like_one_process(demo_built, tmp_path):
@@ -182,7 +186,8 @@ SCRIPTS = {
     "train_apm.py": ["--backbone=resnet50", "--weights=none", "--nomasked", "--shorter_side=32", "--fc_units=16",
                      "--epochs=1", "--batch_size=16", f"--demo_images={DEMO_IMAGES}", "--verbose=0"],
     "train_theme_roi.py": ["--weights=none", "--canvas=96", "--roi_size=36", "--epochs=1", "--theme=on",
-                           "--augment=flip", "--batch_size=16", f"--demo_images={DEMO_IMAGES}", "--verbose=0"],
+                           "--augment=flip", "--batch_size=16", f"--demo_images={DEMO_IMAGES}",
+                           f"--demo_theme_effects={THEME_EFFECTS}", "--verbose=0"],
 }
 
 
