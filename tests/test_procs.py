@@ -66,12 +66,10 @@ def test_wait_all_stops_at_the_first_failure_and_kills_the_rest(tmp_path):
     sleeper = procs.start(procs.python(script, tmp_path / "grandchild.pid"), tmp_path / "sleeper.log")
     grandchild = _wait_for(tmp_path / "grandchild.pid")
     failing = procs.start(procs.python("-c", "import sys; print('bad thing'); sys.exit(2)"), tmp_path / "failing.log")
-    t0 = time.monotonic()
     with pytest.raises(procs.Failed) as exc:
         procs.wait_all([sleeper, failing], timeout=300)
-    assert time.monotonic() - t0 < 60  # not the deadline: the failure ended the wait
-    msg = str(exc.value)
-    assert "failing failed (exit [2])" in msg and "bad thing" in msg and "started" in msg
+    msg = str(exc.value)  # the failure ended the wait (not the deadline), with both logs
+    assert "failing failed (exit [2]); the others were killed" in msg and "bad thing" in msg and "started" in msg
     assert sleeper.returncode == -9 and _gone(grandchild)
 
 
