@@ -88,9 +88,14 @@ def test_train_resume_and_predict(data, tmp_path):
     for a, b in zip(bn.weights, bn_before):  # batch norm (parameters and statistics) frozen
         np.testing.assert_array_equal(np.asarray(a), b)
     assert not np.allclose(np.asarray(model.get_layer("conv2d_tiny").kernel), conv_before)
-    # resume: a later call continues at epoch 2 and trains one more
+    # resume: a later call continues at epoch 2 and trains one more; a row of epoch 2 written
+    # before a kill (simulated: appended by hand) is replaced, not kept twice (HistoryLogger)
+    hist = tmp_path / "run" / "history.csv"
+    lines = hist.read_text().splitlines(keepends=True)
+    hist.write_text("".join(lines) + "2" + lines[-1][1:], newline="")
     res = train_theme_roi(model, train, val, run_dir=tmp_path / "run", epochs=3, verbose=0)
     assert res.epochs_run == 1 and list(res.history["epoch"]) == [0, 1, 2]
+    assert pd.read_csv(hist)["epoch"].tolist() == [0, 1, 2]  # the file itself
     # test-time: the mean over the six views of each image
     p = predict_views(model, data, canvas=96, batch_size=4)
     assert p.shape == (6, 10) and np.allclose(p.sum(axis=1), 1, atol=1e-5)

@@ -291,7 +291,8 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
     (halved every ``halve_every`` epochs); batch size is the dataset's (16 in the paper). The
     model's batch norm should be frozen (:func:`theme_roi_model` does it).
 
-    Files in ``run_dir``: ``history.csv`` (``CSVLogger``, appended), ``backup/``
+    Files in ``run_dir``: ``history.csv`` (:class:`ku.training.HistoryLogger`: appended, one row
+    per epoch also after a resume that re-runs an epoch), ``backup/``
     (:class:`ku.training.ResumableBackup`: model, optimizer and epoch after every epoch, written
     atomically, kept at the end so that a repeated call continues or does nothing),
     ``best.weights.h5`` (lowest ``val_loss``, when there is validation data),
@@ -323,8 +324,8 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
     """
     from ku import distribute as _dist
     from ku.losses import EMDLoss
-    from ku.training import (ResumableBackup, ValidationCorrelation, _clear_resume_epoch, _end_fit, _read_history,
-                             backup_epoch)
+    from ku.training import (HistoryLogger, ResumableBackup, ValidationCorrelation, _clear_resume_epoch, _end_fit,
+                             _read_history, backup_epoch)
 
     if select not in ("last", "best"):
         raise ValueError(f"train_theme_roi: select must be 'last' or 'best', got {select!r}")
@@ -362,7 +363,7 @@ def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=
             cbs.append(ValidationCorrelation(validation_data))  # predicts locally on every worker
             cbs.append(keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
                                                        save_weights_only=True))
-        csv_logger = keras.callbacks.CSVLogger(str(write_dir / "history.csv"), append=True)
+        csv_logger = HistoryLogger(str(write_dir / "history.csv"))  # one row per epoch after a resume
         cbs += [keras.callbacks.LearningRateScheduler(schedule), *callbacks, csv_logger,
                 ResumableBackup(write_dir / "backup")]
         val = _dist.distribute_input(validation_data, strategy) if strategy is not None else validation_data
