@@ -83,12 +83,18 @@ def build_head(name: str, feature_shape, *, backbone: str = "inception_resnet_v2
     raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
 
 
-def init_output_bias(model, value: float):
-    """Start a MOS head at the training mean: set the bias of its final 1-unit Dense to ``value``.
+def init_output_bias(model, value: float, *, zero_kernel: bool = True):
+    """Start a MOS head at the training mean: the final 1-unit Dense gets bias ``value`` and (with
+    ``zero_kernel``) a zero kernel, so the untrained head predicts exactly ``value``.
 
-    Not in the paper (which trains ~1,800 steps per epoch on AVA, so the output bias finds the
-    mean within the first epoch); with a few hundred images there are only a handful of steps per
-    epoch and a zero-initialised output (MOS ~5.5 away) would spend them all on the offset.
+    Not in the paper (which trains ~1,800 steps per epoch on AVA, so the output finds the mean
+    within the first epoch). With a few hundred images there are only a handful of steps per
+    epoch: a zero-initialised bias (MOS ~5.5 away) would spend them all on the offset, and the
+    he_normal output kernel adds a random term of variance ~2 (256 unit-variance inputs) to every
+    prediction, larger than the scores' own spread on AVA-like data (~0.5-1.5), which the first
+    epochs then spend undoing. A zero kernel still learns at once (its gradient is the error times
+    the last hidden layer); the layers below start learning from the second step. Measured on
+    planted features with 160 steps: test SRCC of Single-1FC 0.42 -> 0.93, Single-3FC 0.29 -> 0.73.
     """
     import keras
 
@@ -96,7 +102,7 @@ def init_output_bias(model, value: float):
     if not isinstance(last, keras.layers.Dense) or last.units != 1 or not last.use_bias:
         raise ValueError(f"{model.name}: last layer is not a 1-unit Dense with bias ({last.name})")
     kernel, bias = last.get_weights()
-    last.set_weights([kernel, np.full_like(bias, value)])
+    last.set_weights([np.zeros_like(kernel) if zero_kernel else kernel, np.full_like(bias, value)])
 
 
 @dataclasses.dataclass
