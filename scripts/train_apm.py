@@ -208,6 +208,18 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
         del student
         seconds["semantic"] = time.time() - t
 
+    # ---- what learning means: the features of the network before aesthetic training, for a
+    # ridge probe beside the trained model (ku.baselines)
+    t = time.time()
+    probe_features = {}
+    if chief:
+        spp = apm.spp_features_model(model)
+        for s in ("training", "test"):
+            out, rows = apm.predict_batches(spp, aspect_batches(parts[s], batch_size, shorter_side=shorter))
+            probe_features[s] = (next(iter(out.values())), rows)
+        del spp
+    seconds["probe_features"] = time.time() - t
+
     # ---- aesthetic training (3.4)
     t = time.time()
     y_train = apm.apm_targets(parts["training"], FLAGS.variant)
@@ -276,8 +288,21 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
     table["accuracy"] = 100 * table["accuracy"]
     print(f"\nMurray & Gordo 2017 Table 1 layout (closest paper row: {ref_name}); accuracy in %:")
     print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
+    from ku.baselines import baseline_table, ridge_probe
+    from ku.evaluation import format_table
+
+    (x_train, train_rows), (x_test, test_rows) = probe_features["training"], probe_features["test"]
+    y_train = apm.predicted_mean(apm.apm_targets(parts["training"].iloc[train_rows], "dist"))
+    probe, alpha = ridge_probe(x_train, y_train, x_test)
+    probe = pd.Series(probe, index=test_rows).reindex(rows).to_numpy()
+    base = baseline_table(apm.predicted_mean(dist_true), y_pred, y_train, probe=probe,
+                          label=f"ku {model.name}",
+                          probe_label=f"ridge probe on the SPP features before training (alpha {alpha:g})")
+    print(f"\nWhat learning means (same {len(test_ids)} test images; mean scores):")
+    print(format_table(base))
+    base.to_csv(work / "baselines.csv", index=False)
     if demo and weights is None:
-        print("(random backbone on a synthetic demo set: the numbers only show that the pipeline runs)")
+        print("(a randomly initialised backbone: compare the model with the rows above, not with the paper)")
 
     # ---- files
     table.to_csv(work / "metrics.csv", index=False)

@@ -132,6 +132,12 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
         dense.set_weights([kernel, np.log(np.maximum(prior, 1e-6)).astype(np.float32)])
     common = dict(mode=s["mode"], canvas=s["canvas"], augment=s["augment"], theme=theme,
                   log_resized=not s["demo"])
+    # what learning means: a ridge probe on the network's pooled features before training (with the
+    # theme embedding for the theme model), one view per image (ku.baselines)
+    feats = keras.Model(model.inputs, model.get_layer("visual_theme" if theme else "adaptive_avg_pool").output)
+    probe_x = {k: predict_views(feats, sets[k], batch_size=s["batch_size"],
+                                **{**common, "augment": "none"}) for k in ("training", "test")}
+    del feats
     train = canvas_dataset(sets["training"], training=True, batch_size=s["batch_size"], seed=FLAGS.seed, **common)
     val = canvas_dataset(sets["validation"], training=False, batch_size=s["batch_size"], **common)
     echo(f"\n== {name}: training on {len(sets['training'])} images ({model.count_params():,} parameters, "
@@ -145,7 +151,12 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     true = targets_from_ids(sets["test"]).astype(np.float64)
     if distribute.is_chief(strategy):
         np.save(run_dir / "test_predictions.npy", pred)
-    return true, pred, {"train_s": t1 - t0, "test_s": time.time() - t1}, model
+    from ku.baselines import ridge_probe
+    from ku.evaluation import mean_scores
+
+    probe, alpha = ridge_probe(probe_x["training"], mean_scores(targets_from_ids(sets["training"])),
+                               probe_x["test"])
+    return true, pred, {"train_s": t1 - t0, "test_s": time.time() - t1}, model, (probe, alpha)
 
 
 def main(argv):
@@ -198,13 +209,13 @@ def main(argv):
     from ku.models.theme_roi import ablation_row, ablation_table, format_table, jia_tables
 
     variants = {"on": [True], "off": [False], "both": [True, False]}[theme]
-    results, seconds, models = {}, {}, {}
+    results, seconds, models, probes = {}, {}, {}, {}
     for th in variants:
         label = {"pad_roi": "Pad+ROI", "resize": "Resize", "resized_pad": "Resized Pad",
                  "random_crop": "Random Crop"}[FLAGS.mode] + ("+Theme" if th else "") + " (ku)"
-        true, pred, secs, model = run_variant(ids, th, n_themes, n_bins, weights, settings, work_dir, echo,
-                                              strategy)
-        results[label], seconds[label], models[label] = (true, pred), secs, model
+        true, pred, secs, model, probe = run_variant(ids, th, n_themes, n_bins, weights, settings, work_dir,
+                                                     echo, strategy)
+        results[label], seconds[label], models[label], probes[label] = (true, pred), secs, model, probe
     first = next(iter(results))
     dataset = "Photo.net" if FLAGS.dataset == "photonet" else "AVA"
     t1, t2 = jia_tables(*results[first], label=first, dataset=dataset,
@@ -228,6 +239,18 @@ def main(argv):
              f"({srcc[1] - srcc[0]:+.4f}), SRCC(std) {srcc_std[0]:.4f} -> {srcc_std[1]:.4f}, EMD(r=1) "
              f"{emd[0]:.4f} -> {emd[1]:.4f} ({emd[1] - emd[0]:+.4f}): the theme {verdict} "
              f"(SRCC of the mean, EMD r=1) on {len(results[first][0])} test images.")
+    from ku.baselines import baseline_table
+    from ku.data.canvas import targets_from_ids
+    from ku.evaluation import format_table as format_scores
+    from ku.evaluation import mean_scores
+
+    y_train = mean_scores(targets_from_ids(ids[ids["set"] == "training"]))
+    for label, (true, pred) in results.items():
+        probe, alpha = probes[label]
+        base = baseline_table(mean_scores(true), mean_scores(pred), y_train, probe=probe, label=label,
+                              probe_label=f"ridge probe on the features before training (alpha {alpha:g})")
+        echo(f"\nWhat learning means for {label} (same {len(true)} test images; mean scores):")
+        echo(format_scores(base))
     total = time.time() - t_start
     echo(f"\ntime: {total:.0f} s in total; " + ", ".join(
         f"{k}: train {v['train_s']:.0f} s, test {v['test_s']:.0f} s" for k, v in seconds.items()))
