@@ -3,7 +3,7 @@
 Hosu, Goldluecke, Saupe, "Effective Aesthetics Prediction with Multi-level Spatially Pooled
 Features", CVPR 2019, §3.1: MLSP features pool the output of every inception module of
 Inception-v3 (11 blocks, 10,048 channels) or InceptionResNet-v2 (43 blocks, 16,928 channels).
-The exact layers are those of the released code (``research/ku_anchor.md`` §2.1):
+The exact layers are those of the released code (``docs/released_code.md`` §2):
 
 * InceptionV3: the layers named exactly ``mixed0`` .. ``mixed10`` (the graph also contains the
   inner concatenations ``mixed9_0`` and ``mixed9_1``, which are *not* taps);

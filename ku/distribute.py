@@ -1,4 +1,4 @@
-"""Data-parallel training on ``tf.distribute``: one machine or several (issue 7).
+"""Data-parallel training on ``tf.distribute``: one machine or several.
 
 ``get_strategy("default" | "mirrored" | "multi_worker")`` picks the engine:
 

@@ -2,7 +2,7 @@
 
 An exported model is a plain TensorFlow SavedModel: load it with ``tf.saved_model.load`` (or TF
 Serving) in a process that has neither ``ku`` nor Keras' ku layers; preprocessing travels with the
-model (ku models take 0..255 RGB and preprocess inside, CONTRACTS.md "Conventions").
+model (ku models take 0..255 RGB and preprocess inside, ``docs/design.md`` §1).
 
 Signatures (``loaded.signatures[...]``; each also callable as ``loaded.<name>(...)``):
 

@@ -427,7 +427,7 @@ def evaluate(y_true, y_pred, *, threshold=5.0, dist_true=None, dist_pred=None, s
     return pd.DataFrame([row])
 
 
-# Reported numbers, copied from the paper texts in /work/shared/papers. Accuracy as a fraction.
+# Reported numbers, copied from the papers' tables (named per row). Accuracy as a fraction.
 _NAN = float("nan")
 _HOSU = "Hosu 2019 Table 3"
 _PAPER_ROWS = [

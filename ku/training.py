@@ -9,7 +9,7 @@ defaults." Model selection: minimum validation loss (MSE of the MOS).
 * :class:`StagedLearningRate`: that schedule as a Keras callback (best weights kept across stages,
   reloaded at every change and at the end; stops when the next rate would fall below ``min_lr``).
   Presets: :func:`paper_schedule` and :func:`released_schedule` (``"narrow"``: 1e-3 -> 1e-5 on
-  ``val_loss``; ``"wide"``: 1e-4 -> 1e-6 on ``val_plcc``, maximised; research/ku_anchor.md §3.5).
+  ``val_loss``; ``"wide"``: 1e-4 -> 1e-6 on ``val_plcc``, maximised; ``docs/released_code.md`` §7).
 * :class:`ValidationCorrelation`: SRCC / PLCC / MSE of the mean on the *whole* validation set at
   every epoch end, written into ``logs`` (``val_srcc``, ``val_plcc``, ``val_mean_mse``) for the
   callbacks after it. The released wide model monitored a mean of per-batch PLCCs instead.
@@ -158,7 +158,7 @@ class StagedLearningRate(keras.callbacks.Callback):
     an epoch "improves" only if it beats every earlier epoch (by more than ``min_delta``). The
     patience counter restarts at every stage change. ``NaN`` values never improve.
 
-    Released code (research/ku_anchor.md §3.5): the stage loop re-created ``Adam`` for every stage,
+    Released code (``docs/released_code.md`` §7): the stage loop re-created ``Adam`` for every stage,
     which resets its moment estimates and step counter; the paper is silent. ``reset_optimizer``
     chooses: False (default) keeps the optimizer state across stages (only the rate changes);
     True re-initialises all optimizer variables except the rate (exactly as a new optimizer).
@@ -389,7 +389,7 @@ class StagedLearningRate(keras.callbacks.Callback):
         if a is None or (a["best_epoch"], a["best"]) != (st["best_epoch"], st["best"]):
             # A kill after an improvement was written but before that epoch's checkpoint leaves the
             # best file one epoch ahead of the resumed state; the previous best file then holds
-            # the state's best (issue 8: resume must equal an uninterrupted run).
+            # the state's best (a resumed run must equal an uninterrupted one).
             p = _read_best_attrs(prev_path) if prev_path is not None and prev_path.exists() else None
             if (p is not None and p["monitor"] == self.monitor and st["best"] is not None
                     and (p["best_epoch"], p["best"]) == (st["best_epoch"], st["best"])):
@@ -561,7 +561,7 @@ def paper_schedule(**overrides) -> StagedLearningRate:
 
 
 def released_schedule(kind: str = "narrow", **overrides) -> StagedLearningRate:
-    """The settings of the released notebooks (research/ku_anchor.md §3.5), same parameters as
+    """The settings of the released notebooks (``docs/released_code.md`` §7), same parameters as
     :func:`paper_schedule`:
 
     * ``"narrow"`` / ``"narrow_aug"``: rates 1e-3, 1e-4, 1e-5 (``initial_lr=1e-3, min_lr=1e-5``),
@@ -800,7 +800,7 @@ class HistoryLogger(keras.callbacks.CSVLogger):
 
 
 # ---------------------------------------------------------------------------------------------
-# crash-safe checkpoint (issue 8)
+# crash-safe checkpoint (docs/bad_input.md)
 
 _BACKUP_EPOCH_ATTR = "ku_epoch"
 _RNG_GROUP = "ku_rng_states"

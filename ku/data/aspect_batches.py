@@ -18,7 +18,7 @@ Only TensorFlow graph ops are in the image path, so the map can run anywhere tf.
 (``tf.io.decode_image`` does not apply EXIF orientation; AVA's JPEGs do not rely on it -- use
 :func:`ku.data.images.read_image` where orientation matters).
 
-**Batch plan** (:func:`plan_batches`; issue 7 point 3). Images are ordered by a *bucket key*:
+**Batch plan** (:func:`plan_batches`). Images are ordered by a *bucket key*:
 first the aspect bin ``round(log(w / h) / aspect_step)`` (bins ``aspect_step`` wide in log
 aspect, default 0.1, i.e. about 10 % aspect difference; ``aspect_step=None``: the exact aspect),
 then the area ``h * w``, then the row index -- so consecutive images have nearly the same aspect
@@ -45,7 +45,7 @@ demo set, shorter side 500                  16    1.04   1.22              2.24 
 =========================================== ===== ====== ================= ==========================
 
 (The previous plan -- pure aspect order, fixed buckets -- gave 1.20 / 1.34 on simulated AVA at
-batch 128, above the issue's 1.3 goal: sorting by the exact aspect interleaves the sizes, since
+batch 128, above the goal of 1.3: sorting by the exact aspect interleaves the sizes, since
 rounding makes every size's aspect slightly different.)
 
 For models with exact padding masking (:func:`ku.models.masking.masked_model`, e.g.
@@ -249,7 +249,7 @@ def padding_report(sizes, batch_size: int = 16, *, shorter_side: Optional[int] =
                    max_side: Optional[int] = None, fixed_canvas: Optional[tuple] = None,
                    n_buckets: Optional[int] = None, seed: int = 0, bucket_batches: int = 4,
                    aspect_step: Optional[float] = 0.1, epochs: int = 3) -> dict:
-    """Padding cost of aspect-ratio batches for a set of image sizes (issue 4; reused by issue 7).
+    """Padding cost of aspect-ratio batches for a set of image sizes.
 
     Args:
         sizes: ``(N, 2)`` original ``(h, w)``.
@@ -296,7 +296,7 @@ def padding_report(sizes, batch_size: int = 16, *, shorter_side: Optional[int] =
 
 
 def simulate_ava_sizes(n: int = 20000, seed: int = 0, max_side: int = 800) -> np.ndarray:
-    """A synthetic AVA-like size distribution (issue 7 point 3), ``(n, 2)`` int ``(h, w)``.
+    """A synthetic AVA-like size distribution for padding estimates, ``(n, 2)`` int ``(h, w)``.
 
     Not real data: a stand-in for planning numbers. AVA images have the longer side at most 800
     (DPChallenge's limit) and a reported mean of about 629 x 497 (w x h). Model: 80 % landscape,

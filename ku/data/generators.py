@@ -8,7 +8,7 @@ an image is calculated by averaging the predictions over all stored augmentation
   independently, and a new item order (``shuffle``). All randomness comes from a local
   ``np.random.default_rng([seed, epoch])`` (the seed and the epoch number as two words of entropy,
   so different seeds never share epoch streams, unlike ``seed + epoch``); the global numpy RNG is
-  never touched (the released code re-seeded it every batch, research/ku_anchor.md §2.5).
+  never touched (the released code re-seeded it every batch, ``docs/released_code.md`` §5).
   An epoch is reproducible from ``(seed, epoch)`` alone, also in worker processes.
 * Validation (``augmentation=<int>``, no shuffle): the same data every epoch.
 * Test: :func:`iter_all_augmentations` yields (B, A, *feature_shape); average the predictions
@@ -17,7 +17,7 @@ an image is calculated by averaging the predictions over all stored augmentation
 Memory stays flat: only the rows of the current batch are read (sorted HDF5 selections); the file
 is opened lazily in each process and never pickled.
 
-Sharded stores and workers (issue 7): every ``store_path`` may also be a list or a glob of shard
+Sharded stores and workers: every ``store_path`` may also be a list or a glob of shard
 files (``features.shard-*.h5``, written by extraction with ``--shard k/n``); they are read as one
 store (:class:`ku.data.shards.ShardedStore`), giving exactly the batches of the merged store.
 In data-parallel training the batch size is *global*: ``FeatureSequence(part=(i, n))`` and

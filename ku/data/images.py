@@ -1,6 +1,6 @@
 """Robust image reading: any common file -> uint8 RGB ``(H, W, 3)``.
 
-All models in ``ku`` take 0..255 RGB HWC arrays (DESIGN.md, conventions). This module turns an
+All models in ``ku`` take 0..255 RGB HWC arrays (``docs/design.md`` §1). This module turns an
 image file into exactly that, or raises :class:`ImageReadError` naming the file and the reason.
 
 Decoding is done by OpenCV (``cv2.imdecode`` on the file's bytes, so paths with non-ASCII

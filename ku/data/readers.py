@@ -1,6 +1,6 @@
 """Dataset readers (AVA, Photo.net, plain CSV) and the papers' train/validation/test splits.
 
-Every reader returns the *ids table* of CONTRACTS.md: one row per image with columns
+Every reader returns the *ids table* (``docs/design.md`` §1): one row per image with columns
 
 ``image_id`` (str), ``image_path`` (absolute str), ``mos``, ``std``, ``n_votes`` (float64),
 ``dist_1 .. dist_K`` (float64, normalised vote histogram; NaN if unknown), ``theme``,

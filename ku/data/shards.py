@@ -1,6 +1,6 @@
 """Sharded feature stores read as if they were one store.
 
-AVA wide MLSP features with 8 augmentations are ~1.7 TB (issue 7); extraction therefore runs in
+AVA wide MLSP features with 8 augmentations are ~1.7 TB (``docs/released_code.md`` §5); extraction therefore runs in
 shards (``scripts/extract_mlsp.py --shard=k/n`` writes ``<out>.shard-KK-of-NN.h5``, see
 :func:`ku.data.store.shard_path`), one file per shard. :class:`ShardedStore` reads a list or a
 glob of such files as one store: rows are numbered in shard order (shard ``k``'s rows follow

@@ -3,7 +3,7 @@
 Hosu et al. 2019 §3.1 store the features of the 8 augmentations of every image "in a single HDF5
 file", as float16 ("no significant decrease in performance ... when converting features from 32 to
 16 bit"). The released code wrote one HDF5 dataset per image and per augmentation group (hundreds
-of thousands of datasets; research/ku_anchor.md §2.4). This store keeps one array instead.
+of thousands of datasets; ``docs/released_code.md`` §5). This store keeps one array instead.
 
 File layout (format ``ku.feature_store/1``)::
 

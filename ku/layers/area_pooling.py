@@ -5,7 +5,7 @@ Features", CVPR 2019, §3.1 and Fig. 2: every tapped activation block is resized
 spatial resolution: 1 x 1 global average pooling (GAP) for narrow features, and 5 x 5 spatial
 average pooling" for wide features. The released code used ``tf.image.resize_area(x, (5, 5))``
 (later ``tf.image.resize(x, (5, 5), method="area")``) inside a ``Lambda`` layer; see
-``research/ku_anchor.md`` §2.2.
+``docs/released_code.md`` §3.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """ImageNet input normalisation as a Keras layer, so that every ku model takes 0..255 RGB.
 
 The released MLSP code applied ``keras.applications.<net>.preprocess_input`` outside the model
-(``research/ku_anchor.md`` §2.3: InceptionResNetV2 "tf" mode, x / 127.5 - 1, at full original
+(``docs/released_code.md`` §4: InceptionResNetV2 "tf" mode, x / 127.5 - 1, at full original
 resolution). Putting the same arithmetic inside the graph keeps exported models self-contained.
 """
 from __future__ import annotations

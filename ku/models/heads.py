@@ -15,7 +15,7 @@ Pool-3FC      6       Inception-type module -> global pooling -> 3FC      wide `
 with b = 16,928 for InceptionResNet-v2 and 10,048 for Inception-v3.
 
 **3FC component** (§3.2, Fig. 3; as released in ``kutils.applications.fc_layers`` with
-``batch_norm=2``, see ``research/ku_anchor.md`` §3.1): three ReLU ``Dense`` layers of ``X``,
+``batch_norm=2``, see ``docs/released_code.md`` §6.1): three ReLU ``Dense`` layers of ``X``,
 ``X // 2`` and ``X // 8`` units (2048 / 1024 / 256 for X = 2048; integer division, at least one
 unit), each followed by ``BatchNormalization`` and then ``Dropout`` (order Dense(+ReLU) -> BN ->
 Dropout, i.e. BN *after* the activation, ``he_normal`` kernels), then the output layer. Dropout
@@ -24,7 +24,7 @@ rates (0.25, 0.25, 0.5); the paper's "(+do)" variant (§4.1, Table 2) uses (0.5,
 
 **Outputs.** ``output="mos"``: ``Dense(1)``, linear (the MOS, trained with MSE, §3.3).
 ``output="distribution"``: ``Dense(n_bins)`` + softmax, so the same heads can be trained on vote
-histograms with an EMD loss (not in the paper; composability, ``DESIGN.md`` §1).
+histograms with an EMD loss (not in the paper; composability, ``docs/design.md`` §2).
 
 **Input standardisation** (not in the paper nor in the released code): every head takes
 ``input_normalization=True``, which puts a :class:`FeatureStandardization` layer (``input_norm``,
@@ -141,7 +141,7 @@ def fc3(
     -> BN -> Dropout -> Dense(1)`` (or ``Dense(n_bins, softmax)`` for ``output="distribution"``).
     Layer names ``{name}_fc{i}``, ``{name}_bn{i}``, ``{name}_do{i}`` (i = 0, 1, 2) and
     ``{name}_out``, exactly as the released ``fc_layers(..., name="head", batch_norm=2)``
-    (``research/ku_anchor.md`` §3.1-3.2); every Dense uses ``he_normal`` kernels, BN uses the
+    (``docs/released_code.md`` §6.1-6.2); every Dense uses ``he_normal`` kernels, BN uses the
     Keras defaults (momentum 0.99, epsilon 1e-3), a dropout rate of 0 omits that Dropout layer.
 
     Args:
@@ -493,7 +493,7 @@ def single_1fc(
     """Single-1FC (Hosu et al. 2019 §3.2.1, Fig. 4(a)): one fully-connected layer on the narrow
     MLSP vector (concatenated GAPs), predicting the MOS.
 
-    Not in the released code (``research/ku_anchor.md`` §3.4); built from the paper: a single
+    Not in the released code (``docs/released_code.md`` §6.4); built from the paper: a single
     ``Dense`` named ``head_out`` (``he_normal`` like the released output layers), linear 1 unit,
     or ``n_bins`` softmax units for ``output="distribution"``.
 
@@ -519,7 +519,7 @@ def single_3fc(
 ) -> keras.Model:
     """Single-3FC (Hosu et al. 2019 §3.2.1, Fig. 4(b)): the 3FC component (X = 2048) on the
     narrow MLSP vector; this is the released narrow head (``train_mlsp_narrow.ipynb``,
-    ``research/ku_anchor.md`` §3.2).
+    ``docs/released_code.md`` §6.2).
 
     ``features (n_features) -> head_fc0 2048 -> head_bn0 -> head_do0 (0.25) -> head_fc1 1024 ->
     head_bn1 -> head_do1 (0.25) -> head_fc2 256 -> head_bn2 -> head_do2 (0.5) -> head_out``.
@@ -554,7 +554,7 @@ def multi_3fc(
     (linear, with bias) gives "the joint prediction ... their weighted sum" (Fig. 5). ``head_out``
     starts as the plain average of the block scores (kernel 1/N, bias 0).
 
-    Not in the released code (``research/ku_anchor.md`` §3.4). For ``output="distribution"`` the
+    Not in the released code (``docs/released_code.md`` §6.4). For ``output="distribution"`` the
     per-block heads still predict one score each and only the combination layer becomes
     ``Dense(n_bins)`` + softmax over the N block scores (default initialisation).
 
@@ -609,7 +609,7 @@ def pool_3fc(
     input_normalization: bool = False,
 ) -> keras.Model:
     """Pool-3FC (Hosu et al. 2019 §3.2.2, Fig. 6), the head on wide MLSP features, as released
-    (``train_mlsp_wide.ipynb`` / ``predict_mlsp_wide.ipynb``, ``research/ku_anchor.md`` §3.3).
+    (``train_mlsp_wide.ipynb`` / ``predict_mlsp_wide.ipynb``, ``docs/released_code.md`` §6.3).
 
     ``(5, 5, b)`` -> modified Inception module with ``n_kernels`` (1024) kernels per column
     (``branch_1x1``; ``3x3_1x1`` -> ``3x3_1x3`` & ``3x3_3x1`` (512 each) -> ``branch_3x3``;
