@@ -1,7 +1,7 @@
 """Sharded feature stores read as if they were one store.
 
-AVA wide MLSP features with 8 augmentations are ~1.7 TB (``docs/released_code.md`` §5); extraction therefore runs in
-shards (``scripts/extract_mlsp.py --shard=k/n`` writes ``<out>.shard-KK-of-NN.h5``, see
+AVA wide MLSP features with 8 augmentations are ~1.7 TB (``docs/released_code.md`` §5);
+extraction therefore runs in shards (``scripts/extract_mlsp.py --shard=k/n`` writes ``<out>.shard-KK-of-NN.h5``, see
 :func:`ku.data.store.shard_path`), one file per shard. :class:`ShardedStore` reads a list or a
 glob of such files as one store: rows are numbered in shard order (shard ``k``'s rows follow
 shard ``k-1``'s, i.e. exactly the row order of :func:`ku.data.store.merge_stores`), an id maps to
