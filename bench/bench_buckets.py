@@ -1,4 +1,4 @@
-"""Benchmark: aspect-ratio buckets vs one fixed canvas (issue 7 point 3), ratios taken in one run.
+"""Benchmark: aspect-ratio buckets vs one fixed canvas, ratios taken in one run.
 
 1. Padded pixels / image pixels (no network): simulated AVA sizes (``simulate_ava_sizes``, mean
    ~635 x 509, longer side <= 800) at batch 128 -- the evaluation plan, the worst of three

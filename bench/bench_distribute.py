@@ -1,4 +1,4 @@
-"""Benchmarks of issue 7, each a ratio taken in one run on the same data.
+"""Benchmarks of multi-worker training and sharded stores, each a ratio taken in one run.
 
 1. workers: Pool-3FC training on stored wide features, samples/s of 2 MultiWorkerMirroredStrategy
    workers on 127.0.0.1 (global batch B, B/2 per worker, gRPC all-reduce of the gradients) vs 1

@@ -7,8 +7,9 @@ and its gradient with respect to the feature map, in one compiled ``tf.function`
 
 Implementations:
   vectorised  RoiPooling2D on the whole batch (ku: a running max over the window positions),
-  gather_k    the previous ku layer (until session 4): one gather of all k rows of every window,
-              an (R, n, k, W, C) tensor, argmax + take_along_axis (kept here as the reference),
+  gather_k    the previous ku layer (until commit 27f5dba, 2026-11-23): one gather of all k
+              rows of every window, an (R, n, k, W, C) tensor, argmax + take_along_axis (kept
+              here as the reference),
   python_loop the same layer applied image by image (Python loop over the batch, unrolled in the
               graph), then concatenated,
   map_fn      tf.map_fn over the images, each pooled alone.
@@ -29,7 +30,7 @@ from keras import ops
 from ku.layers.roi_pooling import _flatten_boxes, _round_half_away, roi_bin_bounds
 
 
-# -- the previous implementation (ku until session 4), for the ratio -------------------------
+# -- the previous implementation (ku until commit 27f5dba), for the ratio ---------------------
 def _expand_to(mask, rank):
     """Append singleton axes to ``mask`` until it has ``rank`` dimensions."""
     for _ in range(rank - len(mask.shape)):

@@ -1,4 +1,4 @@
-"""The bad-input corpus of issue 8, as data: every case builds its files into a folder and says
+"""The bad-input corpus (docs/bad_input.md), as data: every case builds its files into a folder and says
 what ku must do with them. tests/test_bad_input.py runs the table; docs/bad_input.md lists it
 (``python tests/bad_input_corpus.py`` prints that table, so the doc can be regenerated).
 

@@ -1,5 +1,5 @@
 """Aspect-ratio batches (Murray & Gordo 2017 §3.2/§3.4): resizing, the batch plan, padding,
-the tf.data pipeline on the demo set, bad files, and the padding cost (issue 7 point 3)."""
+the tf.data pipeline on the demo set, bad files, and the padding cost."""
 import cv2
 import numpy as np
 import pandas as pd
@@ -153,7 +153,7 @@ def _co_batched_again(plan_a, plan_b, n):
 
 
 def test_buckets_meet_the_goal_on_simulated_ava():
-    """Issue 7 point 3: <= 1.3x padded / image pixels at batch 128 (training and evaluation
+    """The goal: <= 1.3x padded / image pixels at batch 128 (training and evaluation
     plans) on AVA's size distribution, against ~2x for the fixed 800 x 800 canvas."""
     sizes = ab.simulate_ava_sizes(20000, seed=0)
     n = len(sizes)

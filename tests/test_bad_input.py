@@ -1,4 +1,4 @@
-"""Issue 8: the bad-input corpus (tests/bad_input_corpus.py), run as one table.
+"""The bad-input corpus (tests/bad_input_corpus.py, docs/bad_input.md), run as one table.
 
 Every case is built into its own temporary folder. ``ok`` cases must read and pass their
 reference check; ``error`` cases must raise the stated exception type with a message that names

@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets vs one fixed canvas (issue 7 point 3): with exact padding masking the
+"""Aspect-ratio buckets vs one fixed canvas: with exact padding masking the
 predictions are the same (float32 precision) for the SPP model of Murray & Gordo 2017 (§3.2, APM)
 and the ROI model of Jia et al. 2019 (§III-A); without masking they move (printed).
 

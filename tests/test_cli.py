@@ -1,5 +1,5 @@
-"""The ``ku`` command line (ku/cli.py, issue 6 item 2): predict / evaluate / export, exit codes,
-skip-and-report, no network, clear argument errors (issue 8).
+"""The ``ku`` command line (ku/cli.py): predict / evaluate / export, exit codes,
+skip-and-report, no network, clear argument errors (docs/bad_input.md).
 
 Commands run in process through ``ku.cli.main(argv)`` (returns the exit status); one test runs
 ``python -m ku.cli`` in a subprocess. The MLSP model (Inception-v3, random weights, narrow MLSP +

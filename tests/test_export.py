@@ -1,5 +1,5 @@
-"""ku.export: SavedModel export (issue 6 item 3) and input validation of exported models (issue 8
-item 4).
+"""ku.export: SavedModel export and input validation of exported models (the checks of the
+``ku.export`` module docstring).
 
 The central test loads the export in a separate Python process that never imports ku and checks
 its scores against in-process ``model.predict`` on the same pixels (decoded by ku.read_image, so
@@ -216,7 +216,7 @@ def test_no_ku_process_float_signature(no_ku_results, dist_model):
     ("not_image", "serving_default: images[1]] [is not an encoded JPEG, PNG, GIF, BMP or WebP file"),
 ])
 def test_no_ku_process_input_errors_are_clear(no_ku_results, case, expected):
-    """Issue 8 item 4: wrong dtype / rank / channels / content -> a message naming the expected
+    """Wrong dtype / rank / channels / content -> a message naming the expected
     input, raised at the signature boundary (not deep inside the backbone)."""
     err = no_ku_results["errors"][case]
     assert err is not None, f"{case}: no error raised"
@@ -375,7 +375,7 @@ def test_theme_signatures_with_a_toy_theme_model(tmp_path):
 
 
 def test_keras_file_reloads_after_import_ku_without_custom_objects(dist_model, tmp_path):
-    """Issue 6 item 3: ``.keras`` files of the MLSP end-to-end model reload with
+    """``.keras`` files of the MLSP end-to-end model reload with
     ``keras.models.load_model`` after a plain ``import ku`` (fresh interpreter)."""
     path = tmp_path / "mlsp.keras"
     dist_model.save(path)

@@ -1,5 +1,5 @@
 """SavedModel export of the APM (Murray & Gordo 2017) and theme-ROI (Jia et al. 2019) families
-(issue 6 item 3: "the no-ku SavedModel test passes for all three families"; MLSP: test_export.py).
+(the SavedModel loads and runs in a process without ku, as for MLSP in test_export.py).
 
 Both exports are loaded in ONE fresh interpreter that never imports ku; encoded images of three
 sizes are scored there and compared with the in-process Keras model on the same pixels.

@@ -160,7 +160,7 @@ def test_fc3_sizes_rule():
 
 
 def test_parameter_counts_full_size():
-    """Released heads (research/ku_anchor.md §3.2-3.3): 37,044,737 and 63,828,481 parameters."""
+    """Released heads (docs/released_code.md §6.2-6.3): 37,044,737 and 63,828,481 parameters."""
     assert single_3fc(16928).count_params() == 37_044_737
     assert pool_3fc((5, 5, 16928)).count_params() == 63_828_481
 

@@ -1,4 +1,4 @@
-"""Sharded feature stores (issue 7): a list or glob of shards reads exactly like the merged store,
+"""Sharded feature stores: a list or glob of shards reads exactly like the merged store,
 through ShardedStore, FeatureSequence, feature_dataset and iter_all_augmentations; sharded
 extraction of the demo images + glob reading + merge end to end; memory stays flat when the store
 is 10x larger (and has 10x more shards)."""
