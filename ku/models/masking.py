@@ -5,7 +5,7 @@ image at the top-left: Murray & Gordo 2017 §3.2 (adaptive SPP sees each image w
 He 2019 §III-A (800x800 canvas, ROI pooling over the image's box). Plain zero padding is not
 neutral: after the first layer, biases, batch norm and the preprocessing offset make the padded
 area non-zero, and every later convolution at the image's right and bottom border reads it
-(measured in ``DESIGN.md`` §4: up to 0.48 relative difference for ResNet-101).
+(measured in ``docs/design.md`` §3: up to 0.57 relative difference for ResNet-101).
 
 :func:`masked_model` rebuilds a functional model so that this cannot happen:
 
@@ -173,7 +173,7 @@ class MapValidSize(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="ku")
 class MaskAwareAveragePooling2D(keras.layers.Layer):
     """``same`` average pooling that averages over each image's valid positions only (exact
-    masking of Inception blocks in padded batches; ``DESIGN.md`` §4, Jia et al. §III-A).
+    masking of Inception blocks in padded batches; ``docs/design.md`` §3, Jia et al. §III-A).
 
     Equals Keras' ``AveragePooling2D(padding="same")`` on the unpadded image (which does not count
     its own padding), for an image padded into a larger canvas. Inputs ``[x (B,H,W,C) zero outside
