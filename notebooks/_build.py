@@ -17,8 +17,9 @@ import pandas as pd
 import keras
 
 # FAST=1 (the test suite) runs a tiny configuration: minutes, not seconds, on a 2-core CPU
-# (2026-11-29, on a busy machine, load ~8: 00 in 172 s, 03 in 478 s); the default is the full
-# demo run. Nothing here downloads anything except ImageNet weights when they are missing
+# (2026-11-29, on a busy machine, load average 8-10: 00 in 172 s, 01 in 139 s, 02 in 238 s,
+# 03 in 478 s; an idle machine is faster); the default is the full demo run.
+# Nothing here downloads anything except ImageNet weights when they are missing
 # (and then ku says so and uses a randomly initialised backbone).
 FAST = os.environ.get("KU_NOTEBOOK_FAST", "0") == "1"
 WORK = Path(os.environ.get("KU_NOTEBOOK_WORKDIR", Path.home() / ".cache" / "ku" / "notebooks"))
@@ -393,6 +394,8 @@ def main(names=None):
     for name, cells in NOTEBOOKS.items():
         if names and name not in names:
             continue
+        for i, cell in enumerate(cells):  # stable ids: a rebuild changes only what was edited
+            cell["id"] = f"{name[:2]}-{i:02d}"
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
