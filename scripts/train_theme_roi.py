@@ -62,6 +62,10 @@ flags.DEFINE_integer("halve_every", None, "Halve the learning rate every N epoch
 flags.DEFINE_float("learning_rate", 1e-3, "Rate of the convolutional layers; FC layers get 10x (IV-B).")
 flags.DEFINE_integer("batch_size", None, "Batch size over all replicas (paper: 16; demo default: 8).")
 flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them are the test set).")
+flags.DEFINE_boolean("feature_norm", None, "Standardise the pooled visual features with the training "
+                     "images' statistics before the output layer (ku, not the paper; see "
+                     "ku.models.theme_roi.theme_roi_model). Default: on for a randomly initialised "
+                     "backbone (whose pooled features are ~1e-4), off with ImageNet weights.")
 flags.DEFINE_float("demo_theme_effects", 0.5, "How much the demo's challenges change the scores "
                    "(ku.data.demo: 0 = scores from the pixels only, 1 = the full theme model).")
 flags.DEFINE_string("work_dir", None, "Where the runs go (default runs/theme_roi_<dataset>_<mode>). "
@@ -112,7 +116,8 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
 
     s = settings
     name = f"{s['mode']}_{s['canvas']}_{s['roi_size']}_{s['pooling']}_{s['augment']}" \
-           f"{'_masked' if s['masked'] else ''}_{'theme' if theme else 'notheme'}"
+           f"{'_masked' if s['masked'] else ''}{'_fnorm' if s['feature_norm'] else ''}" \
+           f"_{'theme' if theme else 'notheme'}"
     run_dir = Path(work_dir) / name
     sets = {k: ids[ids["set"] == k] for k in ("training", "validation", "test")}
     for k, part in sets.items():
@@ -122,7 +127,8 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     keras.utils.set_random_seed(FLAGS.seed)  # the same initial weights on every worker and re-run
     with distribute.scope(strategy):  # variables mirrored on every replica
         model = theme_roi_model(weights=weights, canvas=s["canvas"], roi_size=s["roi_size"], theme=theme,
-                                n_themes=int(n_themes), n_bins=n_bins, masked=s["masked"], pooling=s["pooling"])
+                                n_themes=int(n_themes), n_bins=n_bins, masked=s["masked"], pooling=s["pooling"],
+                                feature_normalization=s["feature_norm"])
     if s["demo"]:
         # ku, not the paper: start the softmax at the training images' mean vote distribution.
         # AVA gives ~1,800 steps per epoch to find it; the demo gives ~20.
@@ -132,12 +138,21 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
         dense.set_weights([kernel, np.log(np.maximum(prior, 1e-6)).astype(np.float32)])
     common = dict(mode=s["mode"], canvas=s["canvas"], augment=s["augment"], theme=theme,
                   log_resized=not s["demo"])
-    # what learning means: a ridge probe on the network's pooled features before training (with the
-    # theme embedding for the theme model), one view per image (ku.baselines)
-    feats = keras.Model(model.inputs, model.get_layer("visual_theme" if theme else "adaptive_avg_pool").output)
+    # the pooled visual features before training, one view per image: they set the feature
+    # standardisation (--feature_norm) and feed the ridge probe beside the model (ku.baselines),
+    # with the one-hot theme for the theme model
+    feats = keras.Model(model.inputs, model.get_layer("adaptive_avg_pool").output)
     probe_x = {k: predict_views(feats, sets[k], batch_size=s["batch_size"],
                                 **{**common, "augment": "none"}) for k in ("training", "test")}
     del feats
+    if s["feature_norm"]:
+        from ku.models.heads import adapt_head_input
+
+        adapt_head_input(model, probe_x["training"])
+    if theme:
+        for k in probe_x:
+            probe_x[k] = np.concatenate(
+                [probe_x[k], np.eye(int(n_themes))[sets[k]["theme_index"].to_numpy(int)]], axis=1)
     train = canvas_dataset(sets["training"], training=True, batch_size=s["batch_size"], seed=FLAGS.seed, **common)
     val = canvas_dataset(sets["validation"], training=False, batch_size=s["batch_size"], **common)
     echo(f"\n== {name}: training on {len(sets['training'])} images ({model.count_params():,} parameters, "
@@ -195,7 +210,8 @@ def main(argv):
                 "augment": FLAGS.augment, "masked": FLAGS.masked, "demo": demo,
                 "epochs": FLAGS.epochs or (2 if demo else 30),
                 "halve_every": FLAGS.halve_every or (1 if demo else 10),
-                "batch_size": FLAGS.batch_size or (8 if demo else 16)}
+                "batch_size": FLAGS.batch_size or (8 if demo else 16),
+                "feature_norm": FLAGS.feature_norm if FLAGS.feature_norm is not None else weights is None}
     if demo:
         echo(f"DEMO settings (smaller than the paper's, to run in minutes on a CPU): canvas {canvas} "
              f"(paper 800; larger demo images are scaled down to fit), ROI {roi_size} (paper 146), "

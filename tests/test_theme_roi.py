@@ -211,3 +211,31 @@ def test_save_reload_keras(models, tmp_path):
     reloaded = keras.models.load_model(path)
     x, s = in_canvas(images(), (160, 160))
     np.testing.assert_allclose(predict(reloaded, x, s, [1, 7]), predict(m, x, s, [1, 7]), rtol=1e-6, atol=1e-7)
+
+
+def test_feature_normalization_identity_until_set_then_standardises(backbone, tmp_path):
+    """feature_normalization=True: a FeatureStandardization between the pooled features and the
+    output layer, the identity until adapt_head_input sets it from training features; saved with
+    the model."""
+    from ku.models.heads import adapt_head_input
+
+    plain = theme_roi_model(canvas=None, roi_size=36, backbone=backbone, n_themes=8, name="plain")
+    normed = theme_roi_model(canvas=None, roi_size=36, backbone=backbone, n_themes=8, name="normed",
+                             feature_normalization=True)
+    for name in ("theme_fc", "distribution"):
+        normed.get_layer(name).set_weights(plain.get_layer(name).get_weights())
+    x, s = in_canvas(images(), (160, 160))
+    np.testing.assert_allclose(predict(normed, x, s, [1, 7]), predict(plain, x, s, [1, 7]), rtol=1e-6, atol=1e-7)
+    pooled = keras.Model(normed.inputs, normed.get_layer("adaptive_avg_pool").output)
+    inputs = {"image": x, "valid_size": s, "theme": np.array([1, 7], np.int32)}
+    feats = np.asarray(pooled(inputs))
+    adapt_head_input(normed, feats)
+    z = np.asarray(keras.Model(normed.inputs, normed.get_layer("feature_norm").output)(inputs))
+    sd = feats.std(axis=0)
+    varying = sd >= np.median(sd)  # (channels far below the typical spread are damped, not amplified)
+    np.testing.assert_allclose(z[:, varying].mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(np.abs(z[:, varying]), 1, rtol=1e-2)  # two rows: +-1 per channel
+    path = tmp_path / "normed.keras"
+    normed.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(predict(reloaded, x, s, [1, 7]), predict(normed, x, s, [1, 7]), rtol=1e-5, atol=1e-7)

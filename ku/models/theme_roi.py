@@ -141,7 +141,8 @@ def freeze_batch_norm(model: keras.Model) -> int:
 
 def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes=AVA_N_THEMES,
                     n_bins=10, masked=False, pooling="roi", box_mapping="valid", theme_dim=256,
-                    sampling_ratio=2, freeze_bn=True, backbone=None, name=None) -> keras.Model:
+                    sampling_ratio=2, freeze_bn=True, backbone=None, name=None,
+                    feature_normalization=False) -> keras.Model:
     """The theme-aware ROI model of Jia et al. 2019 (module docstring; §III, Fig. 3).
 
     Args:
@@ -165,6 +166,15 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         backbone: an already built ``build_backbone("inception_v3", ...)`` model to take the
             layers from (its layers are *shared*, not copied); default: build one.
         name: model name.
+        feature_normalization: put a :class:`ku.models.heads.FeatureStandardization` layer
+            (``feature_norm``, the identity until set) between the global average pooling and the
+            output layer; set it from the training images' pooled features with
+            :func:`ku.models.heads.adapt_head_input` before training. Not in the paper: with
+            ImageNet weights the pooled features are of order 0.1-1 and the output layer learns
+            from them directly, but a randomly initialised Inception-v3 with frozen batch norm
+            (the demo without ImageNet weights) gives pooled features of ~1e-4 that differ by
+            ~1e-5 between images, which the output layer cannot use in a few hundred steps: the
+            model then learns the theme alone.
 
     Returns:
         ``keras.Model`` with inputs ``image`` (B, H, W, 3) float 0..255, ``valid_size`` (B, 2)
@@ -229,6 +239,10 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
     tail = keras.Model(pool_layer.output, bb.outputs[0])
     visual = tail._run_through_graph(pooled, operation_fn=lambda op: op)
     visual = keras.layers.GlobalAveragePooling2D(name="adaptive_avg_pool")(visual)
+    if feature_normalization:
+        from ku.models.heads import FeatureStandardization
+
+        visual = FeatureStandardization(name="feature_norm")(visual)
     inputs = [image_in, sizes_in]
     if theme:
         theme_in = keras.Input((), dtype="int32", name="theme")

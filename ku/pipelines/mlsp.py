@@ -189,6 +189,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     with FeatureStore(store_path) as store:
         ok = set(np.asarray(store.ids)[store.complete_mask()])
         feature_shape = tuple(store.feature_shape)
+        store_attrs = dict(store.attrs)
     usable = ids[ids["image_id"].astype(str).isin(ok)]
     sets = {s: usable[usable["set"] == s] for s in ("training", "validation", "test")}
     for s, part in sets.items():
@@ -267,11 +268,15 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
         probe_label=f"ridge probe on the stored features ({n_probe} training images, alpha {alpha:g})")
     seconds["baselines"] = time.time() - t
     if chief:  # the other workers hold the same weights
+        from ku.backbones import save_backbone_record
+
         test_model.save(run_dir / "head.keras")
+        save_backbone_record(run_dir / "head.keras", store_attrs)  # which backbone the head needs
         # the whole image -> score model, self-contained (`ku predict --model run_dir/model.keras`)
         if extractor is None:
             extractor = mlsp_extractor(backbone, weights=w, pooling=pooling)
         mlsp_end_to_end(extractor, test_model).save(run_dir / "model.keras")
+        save_backbone_record(run_dir / "model.keras", store_attrs)
         (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=1))
     return MlspResult(table=table, y_true=y_true, y_pred=np.asarray(y_pred), test_ids=test_ids,
                       store_path=store_path, run_dir=run_dir, seconds=seconds,
