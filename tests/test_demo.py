@@ -196,3 +196,22 @@ def test_score_report_matches_the_documented_table(tmp_path, theme_effects, cont
     assert r["noise"] == pytest.approx(1 - r["full_r2"]) and r["noise"] < 0.1
     doc = demo.__doc__
     assert f"{content_r2:.3f}".lstrip("0") in doc or f"{content_r2:.2f}" in doc
+
+
+def test_concurrent_builds_never_move_a_complete_set(tmp_path, monkeypatch):
+    """Two processes building the same set: the later one keeps the finished set in place (a
+    reader of the first one's images must not see them vanish)."""
+    root = tmp_path / "d"
+    real = demo._generate
+    finished = {}
+
+    def generate_then_someone_else_finishes(tmp, n, seed, te):
+        real(tmp, n, seed, te)
+        if not finished:  # while we generated, another process completed the same set
+            finished["started"] = True
+            finished["inode"] = make_demo_set(root, n_images=n, seed=seed, theme_effects=te).stat().st_ino
+
+    monkeypatch.setattr(demo, "_generate", generate_then_someone_else_finishes)
+    out = make_demo_set(root, n_images=10, seed=0)
+    assert out.stat().st_ino == finished["inode"]  # the other build's folder, not moved aside
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # our copy discarded

@@ -475,6 +475,11 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
         with open(tmp / MARKER, "w", encoding="utf-8") as f:  # written last
             json.dump(_wanted(n_images, seed, theme_effects), f)
         old = None
+        if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects):
+            # another process finished the same set meanwhile (and may be reading it): keep
+            # theirs, never move a complete set away from under a reader
+            shutil.rmtree(tmp, ignore_errors=True)
+            return root
         if root.exists():
             old = root.parent / f".{root.name}.old-{token}"
             os.rename(root, old)
