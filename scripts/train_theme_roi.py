@@ -62,10 +62,10 @@ flags.DEFINE_integer("halve_every", None, "Halve the learning rate every N epoch
 flags.DEFINE_float("learning_rate", 1e-3, "Rate of the convolutional layers; FC layers get 10x (IV-B).")
 flags.DEFINE_integer("batch_size", None, "Batch size over all replicas (paper: 16; demo default: 8).")
 flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them are the test set).")
-flags.DEFINE_boolean("feature_norm", None, "Standardise the pooled visual features with the training "
+flags.DEFINE_boolean("feature_norm", False, "Standardise the pooled visual features with the training "
                      "images' statistics before the output layer (ku, not the paper; see "
-                     "ku.models.theme_roi.theme_roi_model). Default: on for a randomly initialised "
-                     "backbone (whose pooled features are ~1e-4), off with ImageNet weights.")
+                     "ku.models.theme_roi.theme_roi_model). Experimental: on the demo with a random "
+                     "backbone it made the softmax collapse (2026-11-29), so it is off by default.")
 flags.DEFINE_float("demo_theme_effects", 0.5, "How much the demo's challenges change the scores "
                    "(ku.data.demo: 0 = scores from the pixels only, 1 = the full theme model).")
 flags.DEFINE_string("work_dir", None, "Where the runs go (default runs/theme_roi_<dataset>_<mode>). "
@@ -211,7 +211,7 @@ def main(argv):
                 "epochs": FLAGS.epochs or (2 if demo else 30),
                 "halve_every": FLAGS.halve_every or (1 if demo else 10),
                 "batch_size": FLAGS.batch_size or (8 if demo else 16),
-                "feature_norm": FLAGS.feature_norm if FLAGS.feature_norm is not None else weights is None}
+                "feature_norm": FLAGS.feature_norm}
     if demo:
         echo(f"DEMO settings (smaller than the paper's, to run in minutes on a CPU): canvas {canvas} "
              f"(paper 800; larger demo images are scaled down to fit), ROI {roi_size} (paper 146), "
