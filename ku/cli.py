@@ -34,6 +34,7 @@ good ones are written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -533,7 +534,7 @@ def _score_one(module, path, theme, max_pixels):
 
 
 def predict_files(module, items, *, max_pixels=None, progress=True, on_row=None, done=(),
-                  label="ku predict"):
+                  label="ku predict", stop: Optional[Callable[[], bool]] = None):
     """Score ``items`` (from :func:`collect_images`) one image at a time, skipping bad ones.
 
     Each image is read with :func:`ku.data.images.read_image` (pixel limit checked from the
@@ -550,6 +551,8 @@ def predict_files(module, items, *, max_pixels=None, progress=True, on_row=None,
             appends it to the output file).
         done: image paths (``str``) already scored by an earlier run; skipped.
         label: prefix of the progress line.
+        stop: called before each image; when it returns True, ``KeyboardInterrupt`` is raised
+            there (between images, never inside a TensorFlow call).
 
     Returns:
         ``(predictions, errors)``: a DataFrame (``image_id, image_path, mean_score`` and, for
@@ -563,6 +566,8 @@ def predict_files(module, items, *, max_pixels=None, progress=True, on_row=None,
     bar = _Progress(len(items), enabled=progress, already=sum(str(p) in done for _, p, _ in items),
                     label=label)
     for i, (image_id, path, theme) in enumerate(items):
+        if stop is not None and stop():
+            raise KeyboardInterrupt
         if str(path) in done:
             continue
         t0 = time.time()
@@ -764,6 +769,35 @@ def _echo(args, text, err=True):
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
+@contextlib.contextmanager
+def _interrupt_between_images():
+    """While scoring, a first SIGINT (Ctrl-C) only sets a flag that :func:`predict_files` checks
+    between images: a ``KeyboardInterrupt`` raised in the middle of a TensorFlow call could leave
+    the runtime in a state that crashed the process at exit (seen as a segmentation fault, with
+    exit status -11 instead of 130). A second SIGINT interrupts at once. Yields the flag's reader;
+    off the main thread (where signals cannot be handled) it never stops."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hit = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if hit:  # the second Ctrl-C: the user does not want to wait for the current image
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        hit.append(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _cmd_predict(args) -> int:
     from ku.size_policy import DEFAULT_MAX_PIXELS
 
@@ -788,8 +822,9 @@ def _cmd_predict(args) -> int:
     _echo(args, f"ku predict: scoring {len(items) - n_done} image(s) with {model.name} ({family})"
                 + (f"; {n_done} already in {journal.path} from an earlier run" if n_done else ""))
     try:
-        _, errors = predict_files(module, items, max_pixels=max_pixels, progress=not args.quiet,
-                                  on_row=journal.add, done=journal.done)
+        with _interrupt_between_images() as stop:
+            _, errors = predict_files(module, items, max_pixels=max_pixels, progress=not args.quiet,
+                                      on_row=journal.add, done=journal.done, stop=stop)
     except KeyboardInterrupt:
         journal.close()
         print(f"\nku predict: interrupted; the scores so far are in {journal.path}; run the same "
