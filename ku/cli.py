@@ -798,6 +798,23 @@ def _interrupt_between_images():
         signal.signal(signal.SIGINT, previous)
 
 
+def predict_resumable(module, items, journal, *, on_row=None, label="ku predict", where=None, **kwargs):
+    """:func:`predict_files` into a row journal (rows already in it are skipped), safe to stop:
+    Ctrl-C stops between images (:func:`_interrupt_between_images`), closes the journal and says
+    where the scores so far are. Returns the errors DataFrame, or None when interrupted (exit 130).
+    ``kwargs`` go to :func:`predict_files`."""
+    try:
+        with _interrupt_between_images() as stop:
+            _, errors = predict_files(module, items, on_row=on_row or journal.add, done=journal.done,
+                                      label=label, stop=stop, **kwargs)
+    except KeyboardInterrupt:
+        journal.close()
+        print(f"\n{label}: interrupted; the scores so far are in {where or journal.path}; run the "
+              "same command again to continue", file=sys.stderr)
+        return None
+    return errors
+
+
 def _cmd_predict(args) -> int:
     from ku.size_policy import DEFAULT_MAX_PIXELS
 
@@ -821,14 +838,9 @@ def _cmd_predict(args) -> int:
     n_done = sum(str(p) in journal.done for _, p, _ in items)
     _echo(args, f"ku predict: scoring {len(items) - n_done} image(s) with {model.name} ({family})"
                 + (f"; {n_done} already in {journal.path} from an earlier run" if n_done else ""))
-    try:
-        with _interrupt_between_images() as stop:
-            _, errors = predict_files(module, items, max_pixels=max_pixels, progress=not args.quiet,
-                                      on_row=journal.add, done=journal.done, stop=stop)
-    except KeyboardInterrupt:
-        journal.close()
-        print(f"\nku predict: interrupted; the scores so far are in {journal.path}; run the same "
-              "command again to continue", file=sys.stderr)
+    errors = predict_resumable(module, items, journal, max_pixels=max_pixels, progress=not args.quiet,
+                               label="ku predict", where=journal.path)
+    if errors is None:
         return 130
     preds = journal.finish(items)
     err_path = out.with_name(out.name + ".errors.csv")

@@ -90,7 +90,7 @@ def main(argv):
     import ku.layers  # noqa: F401  (registers ku layers for load_model)
     import ku.models.heads as heads
     from ku.backbones import BACKBONES
-    from ku.cli import _RowJournal, predict_files
+    from ku.cli import _RowJournal, predict_resumable
     from ku.data.images import list_images
     from ku.export import make_scoring_module
     from ku.models.mlsp import mlsp_end_to_end, mlsp_extractor
@@ -129,15 +129,10 @@ def main(argv):
     n_done = sum(p in journal.done for _, p, _ in items)
     if n_done:
         print(f"{n_done} image(s) already scored in {FLAGS.out} by an earlier run; continuing")
-    try:
-        _, errors = predict_files(
-            module, items, max_pixels=FLAGS.max_pixels or None, done=journal.done,
-            on_row=lambda r: journal.add({"image_path": r["image_path"], "mos": r["mean_score"]}),
-            label="predict_mlsp")
-    except KeyboardInterrupt:
-        journal.close()
-        print(f"\ninterrupted; the scores so far are in {FLAGS.out}; run the same command again to "
-              "continue", file=sys.stderr)
+    errors = predict_resumable(
+        module, items, journal, max_pixels=FLAGS.max_pixels or None, label="predict_mlsp", where=FLAGS.out,
+        on_row=lambda r: journal.add({"image_path": r["image_path"], "mos": r["mean_score"]}))
+    if errors is None:
         return 130
     preds = journal.finish(items)
     print(f"wrote {len(preds)} prediction(s) to {FLAGS.out}")
