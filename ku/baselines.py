@@ -9,8 +9,8 @@ simplest learner gets from the same features. ku's scripts print both rows besid
 * :func:`ridge_probe` -- a linear model (ridge regression) on fixed features, its penalty chosen
   by leave-one-out error on the training split alone. On stored MLSP features
   (:func:`store_features`) it is the linear probe of Hosu et al. 2019's features (§3.1); for the
-  end-to-end models (APM, theme-ROI) the features are the global average pooled maps of the same
-  backbone before training (:func:`gap_features`).
+  end-to-end models (APM, theme-ROI) the scripts use the same network's pooled features before
+  training (APM's SPP vector; theme-ROI's global average pooled maps).
 
 Both are plain functions on arrays, as in scikit-learn's metrics. :func:`baseline_table` puts the
 model's row and the two baselines into one table with SRCC, PLCC, accuracy and RMSE.
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["mean_baseline", "ridge_probe", "store_features", "gap_features", "baseline_table",
+__all__ = ["mean_baseline", "ridge_probe", "store_features", "baseline_table",
            "with_baselines"]
 
 #: penalties tried by :func:`ridge_probe` (relative to the mean eigenvalue of the kernel)
@@ -115,29 +115,6 @@ def store_features(store_path, ids, *, batch_size: int = 32) -> np.ndarray:
             r = rows[i:i + batch_size]
             out[i:i + len(r)] = store.read(r, "all", check_complete=False).astype(np.float32).mean(axis=1)
     return out
-
-
-def gap_features(backbone, batches) -> tuple:
-    """Global average pooled feature maps of a (fixed) backbone for the probe of end-to-end models.
-
-    Args:
-        backbone: a Keras model image batch -> ``(B, h, w, C)`` maps (or a list of such outputs,
-            in which case the first is used); for padded batches a ``(images, valid_sizes)`` model
-            is not supported: pass batches of equally sized images (e.g. :func:`ku.data.aspect_batches`
-            at one size) or unmasked models.
-        batches: iterable of ``(x, ids_rows)`` pairs, ``x`` a ``(B, H, W, 3)`` batch.
-    Returns:
-        ``(features (N, C), rows)`` with ``rows`` the concatenated ``ids_rows``.
-    """
-    feats, rows = [], []
-    for x, r in batches:
-        m = backbone.predict_on_batch(x)
-        if isinstance(m, (list, tuple)):
-            m = m[0]
-        m = np.asarray(m, np.float64)
-        feats.append(m.mean(axis=tuple(range(1, m.ndim - 1))))
-        rows.extend(np.atleast_1d(r).tolist())
-    return np.concatenate(feats, axis=0), np.asarray(rows)
 
 
 def baseline_table(y_true, y_model, y_train, *, probe=None, label: str = "model",

@@ -225,13 +225,15 @@ def main(argv):
     from ku.models.theme_roi import ablation_row, ablation_table, format_table, jia_tables
 
     variants = {"on": [True], "off": [False], "both": [True, False]}[theme]
-    results, seconds, models, probes = {}, {}, {}, {}
+    results, seconds, probes, first_model = {}, {}, {}, None
     for th in variants:
         label = {"pad_roi": "Pad+ROI", "resize": "Resize", "resized_pad": "Resized Pad",
                  "random_crop": "Random Crop"}[FLAGS.mode] + ("+Theme" if th else "") + " (ku)"
         true, pred, secs, model, probe = run_variant(ids, th, n_themes, n_bins, weights, settings, work_dir,
                                                      echo, strategy)
-        results[label], seconds[label], models[label], probes[label] = (true, pred), secs, model, probe
+        results[label], seconds[label], probes[label] = (true, pred), secs, probe
+        if first_model is None:  # the one saved as model.keras; later variants are let go
+            first_model = model
     first = next(iter(results))
     dataset = "Photo.net" if FLAGS.dataset == "photonet" else "AVA"
     t1, t2 = jia_tables(*results[first], label=first, dataset=dataset,
@@ -277,7 +279,7 @@ def main(argv):
                    "table1": t1.to_dict("records"), "table2": t2.to_dict("records"),
                    "seconds": seconds, "total_seconds": total}, f, indent=1, default=float)
     # the first variant (the paper's model: with the theme where there is one), image -> distribution
-    models[first].save(work_dir / "model.keras")
+    first_model.save(work_dir / "model.keras")
     from ku.cli import model_commands
 
     echo("\n" + model_commands(work_dir / "model.keras"))
