@@ -1,15 +1,22 @@
-"""``absl.app.run`` for the scripts in ``scripts/``, with ``--help`` exiting 0.
+"""``absl.app.run`` for the scripts in ``scripts/``, with the exit statuses of the ``ku`` command.
 
 absl prints the help of ``--help`` / ``--helpshort`` / ``--helpfull`` / ``--helpxml`` and then
-exits with status 1, so a shell, ``make`` or CI step treats asking for help as a failure.
-:func:`run` keeps everything else of ``absl.app.run`` (flag parsing, ``app.UsageError`` -> status
-1 with the usage text) and turns only that exit into 0.
+exits with status 1, so a shell, ``make`` or CI step treats asking for help as a failure; it also
+exits with 1 for a bad flag or an ``app.UsageError``, the status Python gives an unexpected crash.
+:func:`run` keeps everything else of ``absl.app.run`` (flag parsing, the usage text) and uses the
+statuses of ``ku`` (:mod:`ku.cli`): 0 after a help text, :data:`EXIT_USAGE` (2) for bad
+arguments or unusable inputs (a bad flag, ``app.UsageError``, :func:`fail` or
+``SystemExit("error: ...")``: a malformed label line, a missing file), 1 only for unexpected
+errors (a traceback).
 """
 from __future__ import annotations
 
 import sys
 
-__all__ = ["HELP_FLAGS", "run"]
+__all__ = ["EXIT_USAGE", "HELP_FLAGS", "fail", "run"]
+
+#: Exit status for bad arguments or unusable inputs (the same as ``ku.cli.EXIT_USAGE``).
+EXIT_USAGE = 2
 
 #: absl's help flags (``-?`` is absl's short form of ``--help``).
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--helpfull",
@@ -23,8 +30,16 @@ def _asks_for_help(argv) -> bool:
     return any(a in HELP_FLAGS or a.split("=", 1)[0] in HELP_FLAGS for a in args)
 
 
+def fail(message):
+    """Stop with ``error: message`` on stderr and exit status :data:`EXIT_USAGE` (no traceback,
+    no flag help): for inputs that cannot be used (the message names the file, line or flag)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE)
+
+
 def run(main, argv=None) -> None:
-    """``absl.app.run(main, argv)``, but exit status 0 after printing a help text.
+    """``absl.app.run(main, argv)``, but exit status 0 after printing a help text and
+    :data:`EXIT_USAGE` (2) instead of absl's 1 for a bad flag or an ``app.UsageError``.
 
     Args:
         main: the script's ``main(argv)``.
@@ -36,6 +51,9 @@ def run(main, argv=None) -> None:
     try:
         app.run(main, argv=argv)
     except SystemExit as e:
-        if e.code == 1 and _asks_for_help(argv):
-            raise SystemExit(0) from None
+        if e.code == 1:  # absl's status for help texts, flag errors and UsageError
+            raise SystemExit(0 if _asks_for_help(argv) else EXIT_USAGE) from None
+        if isinstance(e.code, str):  # SystemExit("error: ..."): Python would print it, exit 1
+            print(e.code, file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_USAGE) from None
         raise

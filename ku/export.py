@@ -41,8 +41,9 @@ upright images; ``ku predict`` applies it) and TIFF (no TensorFlow decoder; ``ku
 it with OpenCV). A request with an undecodable image fails as a whole (TF Serving convention):
 bytes that are not JPEG / PNG / GIF / BMP / WebP (TIFF, PPM, random or non-UTF-8 bytes) are
 refused with ``InvalidArgumentError`` naming ``images[i]`` with its index, the accepted formats
-and the length (never the raw bytes); a corrupt file of a known format with TensorFlow's decode
-error.
+and the length (never the raw bytes); a damaged or truncated file of a known format is refused
+the same way ("cannot be decoded"), found by a first decoding pass through ``tf.data``'s
+``ignore_errors`` (each image is decoded twice; decoding is small next to the network).
 
 Size policy (:mod:`ku.size_policy`; the same in both signatures, ``ku predict`` and the Keras
 models): ``serving_default`` refuses an image with more than ``max_pixels`` pixels (default
@@ -668,16 +669,36 @@ def _make_module_class():
                 themes = self._check_theme(themes, tf.size(images), where)
 
             def one(args):
-                i, data, th = args
-                return self._raw(self._decode_one(data, i, where),
+                i, data, th, ok = args
+                return self._raw(self._decode_one(data, i, ok, where),
                                  th[None] if self.takes_theme else None, where)[0]
 
             index = tf.range(tf.size(images, out_type=tf.int32))
-            raw = tf.map_fn(one, (index, images, themes),
+            decodable = self._decodable_mask(index, images)
+            raw = tf.map_fn(one, (index, images, themes, decodable),
                             fn_output_signature=tf.TensorSpec([self.n_outputs], tf.float32))
             return _summary(raw, self._scores)
 
-        def _decode_one(self, data, i, where):
+        def _decodable_mask(self, index, images):
+            """bool ``[batch]``: False where decoding the bytes fails (a truncated or damaged file
+            of a known format), found in a first pass through ``tf.data``'s ``ignore_errors``,
+            the one graph construct that survives a failing op; only bytes that pass the format
+            and header-size checks are decoded, one image at a time."""
+            def probe(i, data):
+                ok = _known_format(data)
+                if self.max_pixels is not None:
+                    hw = _header_hw(data)
+                    ok = tf.logical_and(ok, hw[0] * hw[1] <= self.max_pixels)
+                size = tf.cond(ok, lambda: tf.size(decode_image_uint8_tf(data)),
+                               lambda: tf.constant(0))
+                return i, size
+
+            seen = (tf.data.Dataset.from_tensor_slices((index, images)).map(probe)
+                    .ignore_errors(log_warning=False))
+            return seen.reduce(tf.zeros_like(index, tf.bool), lambda acc, x: tf.tensor_scatter_nd_update(
+                acc, [[x[0]]], [True]))
+
+        def _decode_one(self, data, i, decodable, where):
             """One encoded image -> float32 (1, h, w, 3) after the size policy: format check,
             pixel limit from the header, 8-bit decoding, small-image checks, resize on uint8.
             Every refusal names ``images[i]`` with its index (never the raw bytes)."""
@@ -687,6 +708,10 @@ def _make_module_class():
                 "is not an encoded JPEG, PNG, GIF, BMP or WebP file (other formats, e.g. TIFF or "
                 "PPM, and other bytes are not accepted; convert them to PNG or JPEG); length in "
                 "bytes:", tf.strings.length(data)])
+            data = _checked(data, decodable, dummy, name + [
+                "cannot be decoded: a damaged or truncated JPEG/PNG/GIF/BMP/WebP file (e.g. an "
+                "interrupted download); re-encode or replace it; length in bytes:",
+                tf.strings.length(data)])
             if self.max_pixels is not None:
                 hw = _header_hw(data)
                 data = _checked(data, hw[0] * hw[1] <= self.max_pixels, dummy, name + [

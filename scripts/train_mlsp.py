@@ -55,8 +55,10 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"]
 
 
 def fail(message):
-    """Stop with ``error: message`` on stderr and exit status 1 (no traceback, no flag help)."""
-    raise SystemExit(f"error: {message}")
+    """Stop with ``error: message`` on stderr and exit status 2 (no traceback, no flag help)."""
+    from ku.absl_app import fail as _fail
+
+    _fail(message)
 
 
 def check_writable(path, flag, folder=False):

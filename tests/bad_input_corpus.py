@@ -12,7 +12,7 @@ A case is one of
 * ``expect="skip"``: batch work skips the bad item, processes every good one and reports the
   bad one (``check`` verifies both).
 
-CLI cases (``group="cli"``) run ``scripts/*.py`` as subprocesses: the exit status must be non-zero,
+CLI cases (``group="cli"``) run ``scripts/*.py`` as subprocesses: the exit status must be 2 (ku.absl_app),
 stderr must hold every ``mention`` string and no Python traceback.
 """
 from __future__ import annotations
@@ -1286,6 +1286,20 @@ _CASES += [
          "serving_default", "InvalidArgumentError naming images[1] (the message is plain text)",
          _serve_bytes(lambda: b"\xff\xfe\x80\x81" * 8), _run_serving(), "error",
          "tensorflow.errors.InvalidArgumentError", (SERVING, "is not an encoded")),
+    Case("image/serving_truncated_jpeg", "image", "JPEG cut at 1,500 bytes (interrupted download) sent "
+         "to serving_default", "InvalidArgumentError naming images[1]: cannot be decoded, with the "
+         "length (not TensorFlow's bare 'jpeg::Uncompress failed')", _serve_bytes(
+             lambda: jpeg_bytes(pattern(96, 96))[:1500]), _run_serving(), "error",
+         "tensorflow.errors.InvalidArgumentError", (SERVING, "cannot be decoded", "[1500]")),
+    Case("image/serving_damaged_jpeg", "image", "JPEG with 200 zeroed bytes in its headers sent to "
+         "serving_default", "InvalidArgumentError naming images[1]: cannot be decoded",
+         _serve_bytes(lambda: (lambda b: b[:100] + bytes(200) + b[300:])(jpeg_bytes(pattern(96, 96)))),
+         _run_serving(), "error", "tensorflow.errors.InvalidArgumentError", (SERVING, "cannot be decoded")),
+    Case("image/serving_damaged_png", "image", "PNG with 20 bytes of its image data overwritten sent "
+         "to serving_default", "InvalidArgumentError naming images[1]: cannot be decoded",
+         _serve_bytes(lambda: (lambda b: b[:37] + b"x" * 20 + b[57:])(_png_bytes(80, 80))),
+         _run_serving(), "error", "tensorflow.errors.InvalidArgumentError",
+         (SERVING, "cannot be decoded")),
     Case("image/serving_huge_header", "image", "PNG whose header says 30000 x 30000 sent to serving_default",
          "InvalidArgumentError naming images[1] and max_pixels, from the header (nothing decoded)",
          _serve_bytes(lambda: huge_png_bytes(30000, 30000)), _run_serving(), "error",

@@ -63,7 +63,8 @@ def test_bad_input(case, tmp_path, request):
         err = r.stderr
         # the checks come first: TensorFlow is not even imported (so no backbone is built)
         assert not tf_stack, f"TensorFlow was imported before the input check, from:\n{tf_stack[-3000:]}"
-        assert r.returncode != 0, (r.stdout[-2000:], err[-2000:])
+        # ku's exit statuses (ku.absl_app): 2 = bad arguments or unusable inputs, 1 = a crash
+        assert r.returncode == 2, (r.returncode, r.stdout[-2000:], err[-2000:])
         assert "Traceback" not in err, err[-3000:]
         for m in case.mention:
             assert _fmt(m, params) in err, (m, err[-1500:])

@@ -39,5 +39,23 @@ def test_bad_flag_value_is_named(name):
         pytest.skip(f"{name} not present")
     r = _run(f"scripts/{name}", "--batch_size=0", "--work_dir=/tmp/ku_never_used")
     out = r.stdout + r.stderr
-    assert r.returncode != 0
+    assert r.returncode == 2, (r.returncode, out[-2000:])  # ku.absl_app: bad arguments -> 2
     assert "batch_size" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_unknown_flag_exits_2(name):
+    r = _run(f"scripts/{name}", "--no_such_flag=1")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, (r.returncode, out[-2000:])
+    assert "no_such_flag" in out and "Traceback" not in out
+
+
+def test_unexpected_error_keeps_status_1(tmp_path):
+    """Only bad arguments and unusable inputs map to 2: a crash in main stays Python's 1."""
+    script = tmp_path / "crash.py"
+    script.write_text("from ku import absl_app\n"
+                      "def main(argv):\n    raise RuntimeError('boom')\n"
+                      "absl_app.run(main)\n")
+    r = procs.run(procs.python(str(script)), cwd=ROOT)
+    assert r.returncode == 1 and "RuntimeError: boom" in r.stderr, (r.returncode, r.stderr[-2000:])
