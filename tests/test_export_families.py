@@ -166,6 +166,11 @@ NOT_IMAGES = {
     "text": lambda: b"<html>404</html>",
     "empty": lambda: b"",
 }
+DAMAGED = {  # a known format whose decoding fails
+    "truncated_jpeg": lambda: cv2.imencode(".jpg", make_image(60, 60, seed=4))[1].tobytes()[:700],
+    "damaged_png": lambda: (lambda b: b[:37] + b"x" * 20 + b[57:])(
+        cv2.imencode(".png", make_image(60, 60, seed=5))[1].tobytes()),
+}
 
 
 @pytest.mark.parametrize("family", ["mlsp", "apm", "theme_roi"])
@@ -186,3 +191,8 @@ def test_serving_refuses_non_images_naming_the_index(family, apm_model, jia_mode
             module.predict_bytes(tf.constant([good, make(), good]), *extra)
         msg = str(e.value)
         assert "serving_default: images[1]" in msg and "is not an encoded JPEG, PNG" in msg, (name, msg)
+    for name, make in DAMAGED.items():
+        with pytest.raises(tf.errors.InvalidArgumentError) as e:
+            module.predict_bytes(tf.constant([good, make(), good]), *extra)
+        msg = str(e.value)
+        assert "serving_default: images[1]" in msg and "cannot be decoded" in msg, (name, msg)
