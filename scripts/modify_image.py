@@ -48,7 +48,8 @@ def main(argv):
 
     model = apm.apm_model(weights=None, backbone=cfg["backbone"], variant=cfg["variant"],
                           masked=cfg["masked"], fc_units=cfg["fc_units"],
-                          global_max_branch=cfg["global_max_branch"])
+                          global_max_branch=cfg["global_max_branch"],
+                          feature_normalization=cfg.get("feature_normalization", False))
     model.load_weights(str(run / cfg["weights_file"]))
     if cfg.get("fusion_weight") is not None:
         model = apm.apm_inference_model(model, cfg["fusion_weight"])  # modify the fused prediction

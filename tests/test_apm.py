@@ -329,3 +329,34 @@ def test_copy_backbone_weights_between_masked_and_unmasked():
         for wa, wc in zip(a.get_layer("backbone").get_layer(name).get_weights(),
                           c.get_layer("backbone").get_layer(name).get_weights()):
             np.testing.assert_array_equal(wa, wc)
+
+
+def test_feature_normalization_identity_until_adapted_then_head_matches_model(tmp_path):
+    """``feature_normalization=True``: the un-adapted layer is the identity (the paper's model);
+    adapted, the head model on stored SPP vectors gives exactly the whole model's output, and
+    the statistics are saved with the model."""
+    plain = apm.apm_model(backbone_model=tiny_backbone(), fc_units=16, levels=(1, 3))
+    normed = apm.apm_model(backbone_model=plain.get_layer("backbone"), fc_units=16, levels=(1, 3),
+                           feature_normalization=True)
+    for name in ("apm_fc1", "apm_fc2"):
+        normed.get_layer(name).set_weights(plain.get_layer(name).get_weights())
+    images = random_images([(40, 60), (50, 35), (45, 45)], seed=3)
+    canvas, sizes = canvas_of(images)
+    np.testing.assert_allclose(out_dict(normed, [canvas, sizes])["distribution"],
+                               out_dict(plain, [canvas, sizes])["distribution"], rtol=1e-6, atol=1e-7)
+    spp = np.asarray(apm.spp_features_model(normed)([canvas, sizes]))
+    apm.adapt_feature_normalization(normed, spp)
+    z = np.asarray(normed.get_layer("apm_feature_norm")(spp), np.float64)
+    np.testing.assert_allclose(np.mean(np.sum(z ** 2, axis=1)), 1.0, rtol=1e-3)  # unit norm on average
+    whole = out_dict(normed, [canvas, sizes])["distribution"]
+    head = np.asarray(apm.apm_head_model(normed)(spp))
+    np.testing.assert_allclose(head, whole, rtol=1e-5, atol=1e-6)
+    path = tmp_path / "normed.keras"
+    normed.save(path)
+    np.testing.assert_allclose(out_dict(keras.models.load_model(path), [canvas, sizes])["distribution"],
+                               whole, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        apm.adapt_feature_normalization(normed, spp[0])
+    with pytest.raises(ValueError, match="APM-m"):
+        apm.fit_apm_head(apm.apm_model(backbone_model=tiny_backbone(), fc_units=8, global_max_branch=True),
+                         spp, np.ones((3, 10)))

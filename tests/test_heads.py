@@ -610,8 +610,23 @@ def test_feature_standardization_constant_channels_and_errors():
         layer.set_statistics(np.zeros(4), -np.ones(4))
     with pytest.raises(ValueError, match="min_std"):
         layer.set_statistics(np.zeros(4), np.ones(4), min_std=2)
+    with pytest.raises(ValueError, match="scale"):
+        layer.set_statistics(np.zeros(4), np.ones(4), scale=0)
     clone = heads.FeatureStandardization.from_config(layer.get_config())
     assert clone.name == "input_norm"
+
+
+def test_feature_standardization_scale_sets_the_output_deviation():
+    """``scale=1/sqrt(C)``: every channel's training deviation is 1/sqrt(C), so the standardised
+    vector has a mean squared norm of 1 (what APM's FC layers expect from an L2-normalised vector)."""
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(400, 64)) * rng.uniform(0.01, 3, 64) + rng.normal(size=64)).astype("float32")
+    model = single_1fc(64, input_normalization=True)
+    heads.adapt_head_input(model, x, scale=1 / np.sqrt(64))
+    z = np.asarray(model.get_layer("input_norm")(x), np.float64)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), 1 / 8, rtol=1e-4)
+    np.testing.assert_allclose(np.mean(np.sum(z ** 2, axis=1)), 1.0, rtol=1e-4)
 
 
 def test_load_released_weights_into_a_standardised_head(tmp_path):

@@ -48,3 +48,30 @@ def test_apm_learns_planted_brightness(planted):
     pred = out["mean"][:, 0]
     assert np.isfinite(pred).all() and pred.std() > 0
     assert srcc(test["mos"], pred) >= 0.9
+
+
+def test_apm_head_on_stored_spp_vectors_learns_planted_brightness(planted):
+    """The frozen-backbone path of scripts/train_apm.py (a random backbone on the demo): SPP
+    vectors computed once through the aspect-ratio batches, the feature standardisation adapted
+    on the training vectors, the FC layers trained by fit_apm_head; the *whole* model then
+    predicts the held-out images from their pixels. Rows of the stored vectors that do not match
+    their targets, or a head that does not share the model's layers, cannot rank them."""
+    train, test = planted["training"], planted["test"]
+    keras.utils.set_random_seed(0)
+    model = apm.apm_model("resnet50", None, variant="mean", fc_units=32, feature_normalization=True)
+    spp = apm.spp_features_model(model)
+    x_train, rows = apm.predict_batches(spp, aspect_batches(train, 16, shorter_side=SIDE))
+    x_train = next(iter(x_train.values()))
+    assert rows.tolist() == list(range(N_TRAIN))
+    y_train = apm.apm_targets(train, "mean")
+    apm.adapt_feature_normalization(model, x_train)
+    apm.init_output_bias(model, y_train.mean(axis=0))
+    backbone_before = [w.copy() for w in model.get_layer("backbone").get_weights()[:4]]
+    apm.fit_apm_head(model, x_train, y_train, variant="mean", batch_size=16, epochs=30,
+                     optimizer=apm.apm_optimizer("adam", 1e-3, decay_steps=None), verbose=0)
+    for a, b in zip(backbone_before, model.get_layer("backbone").get_weights()[:4]):
+        np.testing.assert_array_equal(a, b)  # frozen
+    out, rows = apm.predict_batches(model, aspect_batches(test, 16, shorter_side=SIDE))
+    pred = out["mean"][:, 0]
+    assert np.isfinite(pred).all() and pred.std() > 0
+    assert srcc(test["mos"], pred) >= 0.9

@@ -76,6 +76,9 @@ __all__ = [
     "init_output_bias",
     "copy_backbone_weights",
     "spp_features_model",
+    "adapt_feature_normalization",
+    "apm_head_model",
+    "fit_apm_head",
     "L1Normalization",
     "apm_inference_model",
 ]
@@ -90,6 +93,7 @@ FEATURE_LAYERS = {"vgg16": "block5_conv3"}
 #: Names of the layers APM adds on top of the backbone (their variable paths start with these).
 FC1, FC2, SPP = "apm_fc1", "apm_fc2", "apm_spp"
 BRANCH_POOL, BRANCH_FC1, BRANCH_FC2 = "max_branch_pool", "max_branch_fc1", "max_branch_fc2"
+FEATURE_NORM = "apm_feature_norm"
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +150,8 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
               masked: bool = True, global_max_branch: bool = False, fc_units: int = 4096,
               branch_units: Optional[int] = None, freeze_batch_norm: bool = True,
               feature_layer: Optional[str] = None, input_shape=(None, None, 3),
-              backbone_model: Optional[keras.Model] = None, name: Optional[str] = None) -> keras.Model:
+              backbone_model: Optional[keras.Model] = None, feature_normalization: bool = False,
+              name: Optional[str] = None) -> keras.Model:
     """Build APM (Murray & Gordo 2017 §3.2, Fig. 2; variants of §4.1 / Table 1).
 
     Args:
@@ -168,6 +173,10 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
         input_shape: image shape, ``(None, None, 3)`` = any size.
         backbone_model: a prebuilt :func:`apm_backbone` to use (weights shared) instead of
             building one (``backbone``/``weights``/``masked``/... are then ignored).
+        feature_normalization: put a :class:`ku.models.heads.FeatureStandardization` layer
+            (``apm_feature_norm``) between the L2-normalised SPP vector and ``apm_fc1`` (ku, not
+            the paper). It is the identity until :func:`adapt_feature_normalization` sets it from
+            the training images' SPP vectors; see that function for why.
         name: model name (default ``apm_<variant>``, ``apm_<variant>_m`` with the branch).
 
     Returns:
@@ -178,7 +187,7 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
         Images whose valid size is below the backbone's minimum side (32 px) are upscaled in
         the canvas first (ku's size policy, :class:`ku.layers.MinSideUpscale`, layer
         ``min_side_upscale``, absent when a fixed ``input_shape`` is large enough).
-        Layer names: ``backbone`` (sub-model), ``apm_spp``, ``apm_fc1``, ``apm_fc2`` and
+        Layer names: ``backbone`` (sub-model), ``apm_spp``, [``apm_feature_norm``], ``apm_fc1``, ``apm_fc2`` and
         ``max_branch_pool``, ``max_branch_fc1``, ``max_branch_fc2``.
     """
     if variant not in VARIANTS:
@@ -197,6 +206,10 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
     sizes = keras.Input(shape=(2,), dtype="int32", name="valid_size")
     features, fsizes = net(_upscale_small([images, sizes], backbone))
     x = SpatialPyramidPooling(levels, mode=spp_mode, l2_normalize=True, name=SPP)([features, fsizes])
+    if feature_normalization:
+        from ku.models.heads import FeatureStandardization
+
+        x = FeatureStandardization(name=FEATURE_NORM)(x)
     x = keras.layers.Dense(fc_units, activation="relu", name=FC1)(x)
     out_name = "mean" if variant == "mean" else "distribution"
     n_out = 1 if variant == "mean" else int(n_bins)
@@ -232,6 +245,89 @@ def spp_features_model(model: keras.Model) -> keras.Model:
     """``[image, valid_size] -> the L2-normalised SPP vector`` of an APM model (shared weights);
     18,432-d for ResNet-101 and the paper's 3x3 grid."""
     return keras.Model(model.inputs, model.get_layer(SPP).output, name=f"{model.name}_spp")
+
+
+def adapt_feature_normalization(model: keras.Model, spp_train) -> None:
+    """Set the ``apm_feature_norm`` layer (``apm_model(feature_normalization=True)``) from the
+    training images' SPP vectors ``spp_train`` ``(N, D)`` (:func:`spp_features_model`).
+
+    Each of the ``D`` components is centred and scaled to a deviation of ``1 / sqrt(D)``
+    (:meth:`ku.models.heads.FeatureStandardization.set_statistics`), so the vector that reaches
+    ``apm_fc1`` has a squared norm of 1 on average, like the paper's L2-normalised vector, and
+    the paper's learning rate suits it. Why (not in the paper): with ImageNet weights the SPP
+    vectors of different images point in different directions; with a randomly initialised
+    ResNet they share one dominant direction (measured on the demo at a shorter side of 256,
+    2026-11-29: the per-component deviation over images is ~0.2 of the mean), and the FC layers
+    see almost the same input for every image. Centring removes the shared part. Use the
+    *training* split only.
+    """
+    from ku.models.heads import adapt_head_input
+
+    x = np.asarray(spp_train)
+    if x.ndim != 2:
+        raise ValueError(f"adapt_feature_normalization: spp_train must be (N, D), got shape {x.shape}")
+    adapt_head_input(model, x, scale=1.0 / np.sqrt(x.shape[1]))
+
+
+def apm_head_model(model: keras.Model) -> keras.Model:
+    """The layers of an APM model after SPP as a model of their own, weights shared:
+    ``SPP vector (B, D) -> distribution (B, n_bins)`` (or ``mean (B, 1)``); with
+    ``apm_feature_norm`` when the model has it. Training it on stored SPP vectors
+    (:func:`fit_apm_head`) trains ``model``'s FC layers."""
+    spp = model.get_layer(SPP)
+    x = inp = keras.Input(shape=(int(spp.output.shape[-1]),), name="spp_vector")
+    for name in (FEATURE_NORM, FC1, FC2):
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            continue
+        x = layer(x)
+    out = "mean" if model.get_layer(FC2).units == 1 else "distribution"
+    return keras.Model(inp, keras.layers.Identity(name=out)(x), name=f"{model.name}_head")
+
+
+def fit_apm_head(model: keras.Model, x_train, y_train, x_val=None, y_val=None, *,
+                 variant: str = "dist", batch_size: int = 16, epochs: int = 40, optimizer=None,
+                 seed: int = 0, verbose: int = 1, sigma: float = HUBER_SIGMA, history_path=None):
+    """Train APM's FC layers on stored SPP vectors, the backbone frozen.
+
+    With a frozen backbone (and frozen batch norm, as always here) and no augmentation (APM
+    trains on whole images, §3.4), training the FC layers on the SPP vectors computed once is the
+    same optimisation as :func:`fit_apm` on the images, without running the network on every
+    image in every epoch: seconds instead of minutes on a CPU. ku uses it for a randomly
+    initialised backbone (no ImageNet weights), where fine-tuning 100 random layers on a few
+    hundred images teaches nothing. Loss :func:`apm_loss`, optimizer :func:`apm_optimizer`
+    (default SGD, lr 1e-3, momentum 0.9, weight decay 5e-4), batches shuffled with ``seed``.
+    The backbone of ``model`` is set non-trainable. The stage takes seconds, so an interrupted
+    one restarts instead of resuming.
+
+    Args:
+        model: an :func:`apm_model` (no APM-m branch).
+        x_train, x_val: SPP vectors ``(N, D)`` (:func:`spp_features_model`).
+        y_train, y_val: targets (:func:`apm_targets`).
+        history_path: write the per-epoch history there as CSV (durably), when given.
+
+    Returns:
+        the ``History``.
+    """
+    if len(model.outputs) != 1:
+        raise ValueError("fit_apm_head: the model has an APM-m branch; train it with fit_apm")
+    model.get_layer("backbone").trainable = False
+    head = apm_head_model(model)
+    keras.utils.set_random_seed(seed)
+    opt = optimizer() if callable(optimizer) else (optimizer or apm_optimizer("sgd"))
+    head.compile(optimizer=opt, loss=apm_loss(variant, sigma))
+    val = (np.asarray(x_val), np.asarray(y_val)) if x_val is not None and len(x_val) else None
+    hist = head.fit(np.asarray(x_train), np.asarray(y_train), batch_size=batch_size, epochs=epochs,
+                    shuffle=True, validation_data=val, verbose=verbose)
+    if history_path is not None:
+        import pandas as pd
+
+        from ku.data.durable import atomic_write
+
+        table = pd.DataFrame(hist.history).rename_axis("epoch").reset_index()
+        atomic_write(history_path, table.to_csv(index=False), what="history")
+    return hist
 
 
 # --------------------------------------------------------------------------------------------

@@ -307,9 +307,13 @@ class FeatureStandardization(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def set_statistics(self, mean, std, min_std: float = 1e-2):
+    def set_statistics(self, mean, std, min_std: float = 1e-2, scale: float = 1.0):
         """Set the statistics: ``mean`` and ``std`` are ``(C,)`` arrays (``std >= 0``); ``min_std``:
-        the floor of the deviations as a fraction of their root mean square (class docstring)."""
+        the floor of the deviations as a fraction of their root mean square (class docstring);
+        ``scale``: the standard deviation of every output channel (default 1). A layer that
+        feeds the paper's ``Dense`` layers in place of an L2-normalised vector (APM, theme-ROI)
+        uses ``1 / sqrt(C)``, so that its output has a squared norm of 1 on average, like the
+        vector those layers and their learning rates were made for."""
         mean = np.asarray(mean, dtype=np.float64)
         std = np.asarray(std, dtype=np.float64)
         channels = int(self.mean.shape[0])
@@ -324,9 +328,11 @@ class FeatureStandardization(keras.layers.Layer):
             raise ValueError(f"FeatureStandardization {self.name!r}: std must be >= 0")
         if not 0 <= float(min_std) < 1:
             raise ValueError(f"FeatureStandardization {self.name!r}: min_std must be in [0, 1), got {min_std!r}")
+        if not (np.isfinite(scale) and float(scale) > 0):
+            raise ValueError(f"FeatureStandardization {self.name!r}: scale must be positive, got {scale!r}")
         constant = (std == 0) | (std <= 1e-6 * np.abs(mean))
         floor = float(min_std) * np.sqrt(np.mean(np.square(std)))
-        inv_std = np.where(constant, 0.0, 1.0 / np.maximum(np.where(constant, 1.0, std), floor))
+        inv_std = np.where(constant, 0.0, float(scale) / np.maximum(np.where(constant, 1.0, std), floor))
         self.mean.assign(mean.astype("float32"))
         self.inv_std.assign(inv_std.astype("float32"))
 
@@ -451,15 +457,16 @@ def _find_input_norm(model):
     return None
 
 
-def adapt_head_input(model: keras.Model, features, ids=None, *, min_std: float = 1e-2, **kwargs):
+def adapt_head_input(model: keras.Model, features, ids=None, *, min_std: float = 1e-2,
+                     scale: float = 1.0, **kwargs):
     """Set a head's input standardisation from the training data (before training).
 
     ``model`` must have a :class:`FeatureStandardization` layer (a head of this module built with
     ``input_normalization=True``; a head nested in an end-to-end model is found too). Its mean and
     inverse standard deviation are set from :func:`feature_statistics` of ``features`` (an array,
     or a feature store with the training ``ids``; ``kwargs`` go there). Use the *training* split
-    only, so that validation and test images do not leak into the model. ``min_std``: see
-    :meth:`FeatureStandardization.set_statistics`.
+    only, so that validation and test images do not leak into the model. ``min_std`` and
+    ``scale`` (the output deviation per channel): see :meth:`FeatureStandardization.set_statistics`.
 
     Returns:
         ``(mean, std)`` as computed (float64 ``(C,)``).
@@ -476,7 +483,7 @@ def adapt_head_input(model: keras.Model, features, ids=None, *, min_std: float =
     if mean.shape != (channels,):
         raise ValueError(f"adapt_head_input: the features have {mean.shape[0]} channels, the input of "
                          f"model {model.name!r} has {channels}")
-    layer.set_statistics(mean, std, min_std=min_std)
+    layer.set_statistics(mean, std, min_std=min_std, scale=scale)
     return mean, std
 
 
