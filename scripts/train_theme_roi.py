@@ -6,11 +6,19 @@ and II next to the paper's numbers. The demo's themes change what scores well (e
 is rewarded in "Motion Blur"), so the theme can help; the script says whether it did and by how
 much. To stay within a few minutes on two CPU cores the demo defaults are smaller than the paper's:
 a 320 x 320 canvas (images larger than that are scaled down to fit; the paper: 800) with a 73 x 73
-ROI output (paper: 146), 2 epochs with the lr halved every epoch (paper: 30, halved every 10) and batch 8 (paper: 16), and the output layer's bias
-starts at the log of the training images' mean distribution (not in the paper).
+ROI output (paper: 146), batch 8 (paper: 16), and the output layer's bias starts at the log of the
+training images' mean distribution (not in the paper).
 
 Without ImageNet weights in Keras' cache the backbone is randomly initialised, announced loudly
-(``--weights=imagenet`` makes that an error instead).
+(``--weights=imagenet`` makes that an error instead). Then (demo defaults, ku, not the paper) the
+random backbone stays frozen: the pooled features of every training view (the six augmentations)
+are computed once and shared by both runs, the visual features are standardised with the training
+statistics to unit norm on average (ku.models.theme_roi.adapt_feature_normalization), and the
+theme embedding and output layer train on them for 40 epochs of Adam at 1e-3
+(ku.models.theme_roi.fit_theme_roi_head; with a frozen backbone the same optimisation as training
+on the images). The test runs the whole model on every test view. --train_backbone gives the
+paper's end-to-end recipe (2 epochs on the demo, the lr halved every epoch; paper: 30, halved
+every 10).
 
 Examples:
   python scripts/train_theme_roi.py
@@ -62,10 +70,15 @@ flags.DEFINE_integer("halve_every", None, "Halve the learning rate every N epoch
 flags.DEFINE_float("learning_rate", 1e-3, "Rate of the convolutional layers; FC layers get 10x (IV-B).")
 flags.DEFINE_integer("batch_size", None, "Batch size over all replicas (paper: 16; demo default: 8).")
 flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them are the test set).")
-flags.DEFINE_boolean("feature_norm", False, "Standardise the pooled visual features with the training "
-                     "images' statistics before the output layer (ku, not the paper; see "
-                     "ku.models.theme_roi.theme_roi_model). Experimental: on the demo with a random "
-                     "backbone it made the softmax collapse (2026-11-29), so it is off by default.")
+flags.DEFINE_boolean("train_backbone", None, "Fine-tune the backbone end to end (IV-B). Default: on, "
+                     "except on the demo with a randomly initialised backbone: then it stays frozen "
+                     "and the theme embedding and output layer train on the pooled features of "
+                     "every training view, computed once (ku.models.theme_roi.fit_theme_roi_head), "
+                     "40 epochs of Adam at 1e-3.")
+flags.DEFINE_boolean("feature_norm", None, "Standardise the pooled visual features with the training "
+                     "images' statistics before the output layer, scaled to unit norm on average "
+                     "(ku, not the paper; ku.models.theme_roi.adapt_feature_normalization). "
+                     "Default: on when the backbone is frozen, off otherwise.")
 flags.DEFINE_float("demo_theme_effects", 0.5, "How much the demo's challenges change the scores "
                    "(ku.data.demo: 0 = scores from the pixels only, 1 = the full theme model).")
 flags.DEFINE_string("work_dir", None, "Where the runs go (default runs/theme_roi_<dataset>_<mode>). "
@@ -105,8 +118,10 @@ def load_ids(echo):
     return ids, 1
 
 
-def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo, strategy):
-    """Train (resumable) and test one model; returns (test distributions, predictions, seconds)."""
+def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo, strategy, cache):
+    """Train (resumable) and test one model; returns (test distributions, predictions, seconds).
+    ``cache``: a dict shared by the variants of one run: the features of a frozen backbone
+    (the same random backbone in both variants, checked by its weights' fingerprint)."""
     import keras
     import numpy as np
 
@@ -117,6 +132,7 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     s = settings
     name = f"{s['mode']}_{s['canvas']}_{s['roi_size']}_{s['pooling']}_{s['augment']}" \
            f"{'_masked' if s['masked'] else ''}{'_fnorm' if s['feature_norm'] else ''}" \
+           f"{'' if s['train_backbone'] else '_frozen'}" \
            f"_{'theme' if theme else 'notheme'}"
     run_dir = Path(work_dir) / name
     sets = {k: ids[ids["set"] == k] for k in ("training", "validation", "test")}
@@ -138,17 +154,29 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
         dense.set_weights([kernel, np.log(np.maximum(prior, 1e-6)).astype(np.float32)])
     common = dict(mode=s["mode"], canvas=s["canvas"], augment=s["augment"], theme=theme,
                   log_resized=not s["demo"])
-    # the pooled visual features before training, one view per image: they set the feature
-    # standardisation (--feature_norm) and feed the ridge probe beside the model (ku.baselines),
-    # with the one-hot theme for the theme model
-    feats = keras.Model(model.inputs, model.get_layer("adaptive_avg_pool").output)
-    probe_x = {k: predict_views(feats, sets[k], batch_size=s["batch_size"],
-                                **{**common, "augment": "none"}) for k in ("training", "test")}
-    del feats
-    if s["feature_norm"]:
-        from ku.models.heads import adapt_head_input
+    # the pooled visual features before training, one view per image, feed the ridge probe
+    # beside the model (ku.baselines), with the one-hot theme for the theme model; with a frozen
+    # backbone also every view of the training and validation images (the head trains on them)
+    from ku.backbones import weights_fingerprint
+    from ku.models import theme_roi as jia
 
-        adapt_head_input(model, probe_x["training"])
+    feats = jia.visual_features_model(model)
+    key = (weights_fingerprint(feats), name.rsplit("_", 1)[0])
+    if cache.get("key") != key:
+        cache.clear()
+        cache["key"] = key
+        cache["probe"] = {k: predict_views(feats, sets[k], batch_size=s["batch_size"],
+                                           **{**common, "augment": "none"}) for k in ("training", "test")}
+        if not s["train_backbone"]:
+            echo(f"   features of every view ({s['augment']}) of the training and validation images")
+            cache["views"] = {k: jia.view_features(model, sets[k], batch_size=s["batch_size"],
+                                                   verbose=FLAGS.verbose, **common)
+                              for k in ("training", "validation")}
+    del feats
+    probe_x = dict(cache["probe"])
+    if s["feature_norm"]:
+        jia.adapt_feature_normalization(model, cache["views"]["training"] if "views" in cache
+                                        else probe_x["training"])
     if theme:
         for k in probe_x:
             probe_x[k] = np.concatenate(
@@ -156,9 +184,22 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     train = canvas_dataset(sets["training"], training=True, batch_size=s["batch_size"], seed=FLAGS.seed, **common)
     val = canvas_dataset(sets["validation"], training=False, batch_size=s["batch_size"], **common)
     echo(f"\n== {name}: training on {len(sets['training'])} images ({model.count_params():,} parameters, "
-         f"{s['epochs']} epochs) -> {run_dir}")
-    train_theme_roi(model, train, val, run_dir=run_dir, epochs=s["epochs"], learning_rate=FLAGS.learning_rate,
-                    halve_every=s["halve_every"], resume=FLAGS.resume, verbose=FLAGS.verbose, strategy=strategy)
+         f"{s['epochs']} epochs" + ("" if s["train_backbone"] else
+                                    ", backbone FROZEN: the layers after the pooling on stored view features")
+         + f") -> {run_dir}")
+    if s["train_backbone"]:
+        train_theme_roi(model, train, val, run_dir=run_dir, epochs=s["epochs"], learning_rate=FLAGS.learning_rate,
+                        halve_every=s["halve_every"], resume=FLAGS.resume, verbose=FLAGS.verbose,
+                        strategy=strategy)
+    else:  # the layers after the pooling on every view's stored features (the backbone is frozen)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        th = {k: sets[k]["theme_index"].to_numpy(np.int32) if theme else None for k in ("training", "validation")}
+        jia.fit_theme_roi_head(model, cache["views"]["training"], targets_from_ids(sets["training"]),
+                               th["training"], cache["views"]["validation"],
+                               targets_from_ids(sets["validation"]), th["validation"], epochs=s["epochs"],
+                               optimizer=lambda: keras.optimizers.Adam(s["head_learning_rate"]),
+                               batch_size=s["batch_size"], seed=FLAGS.seed, verbose=FLAGS.verbose,
+                               history_path=run_dir / "history.csv")
     t1 = time.time()
     echo(f"   testing on {len(sets['test'])} images (mean over the test views)")
     pred = predict_views(model, sets["test"], batch_size=s["batch_size"], seed=FLAGS.seed,
@@ -211,12 +252,25 @@ def main(argv):
                 "epochs": FLAGS.epochs or (2 if demo else 30),
                 "halve_every": FLAGS.halve_every or (1 if demo else 10),
                 "batch_size": FLAGS.batch_size or (8 if demo else 16),
-                "feature_norm": FLAGS.feature_norm}
+                "train_backbone": FLAGS.train_backbone, "feature_norm": FLAGS.feature_norm,
+                "head_learning_rate": 1e-3}
+    if settings["train_backbone"] is None:  # a random backbone on the demo stays frozen (docstring)
+        settings["train_backbone"] = not (demo and weights is None and distribute.is_default(strategy))
+    if not settings["train_backbone"] and not distribute.is_default(strategy):
+        fail("--notrain_backbone trains on stored features in one process; drop --strategy")
+    if settings["feature_norm"] is None:
+        settings["feature_norm"] = not settings["train_backbone"]
+    if FLAGS.epochs is None and demo and not settings["train_backbone"]:
+        settings["epochs"] = 40
     if demo:
         echo(f"DEMO settings (smaller than the paper's, to run in minutes on a CPU): canvas {canvas} "
              f"(paper 800; larger demo images are scaled down to fit), ROI {roi_size} (paper 146), "
-             f"{settings['epochs']} epochs with the lr halved every {settings['halve_every']} "
-             f"(paper 30 / 10), batch {settings['batch_size']} (paper 16).")
+             + (f"{settings['epochs']} epochs with the lr halved every {settings['halve_every']} "
+                f"(paper 30 / 10)" if settings["train_backbone"] else
+                f"random backbone FROZEN, theme embedding and output layer trained on the stored "
+                f"features of every view, {settings['epochs']} epochs of Adam at "
+                f"{settings['head_learning_rate']:g} (paper: 30 epochs of SGD, end to end)")
+             + f", batch {settings['batch_size']} (paper 16).")
     ids, n_themes = load_ids(echo)
     n_bins = 7 if FLAGS.dataset == "photonet" else 10
     work_dir = Path(FLAGS.work_dir or f"runs/theme_roi_{FLAGS.dataset}_{FLAGS.mode}")
@@ -225,12 +279,12 @@ def main(argv):
     from ku.models.theme_roi import ablation_row, ablation_table, format_table, jia_tables
 
     variants = {"on": [True], "off": [False], "both": [True, False]}[theme]
-    results, seconds, probes, first_model = {}, {}, {}, None
+    results, seconds, probes, first_model, cache = {}, {}, {}, None, {}
     for th in variants:
         label = {"pad_roi": "Pad+ROI", "resize": "Resize", "resized_pad": "Resized Pad",
                  "random_crop": "Random Crop"}[FLAGS.mode] + ("+Theme" if th else "") + " (ku)"
         true, pred, secs, model, probe = run_variant(ids, th, n_themes, n_bins, weights, settings, work_dir,
-                                                     echo, strategy)
+                                                     echo, strategy, cache)
         results[label], seconds[label], probes[label] = (true, pred), secs, probe
         if first_model is None:  # the one saved as model.keras; later variants are let go
             first_model = model

@@ -42,6 +42,7 @@ __all__ = [
     "fsync_file",
     "temp_path",
     "write_error",
+    "write_history_csv",
     "writing",
 ]
 
@@ -229,3 +230,13 @@ def atomic_write(path, data: bytes | str, what: str = "file", hint: str = "", fs
         finally:
             os.close(fd)
     return path
+
+
+def write_history_csv(history, path) -> Path:
+    """A Keras ``History`` (or its ``.history`` dict) as CSV, one row per epoch with an ``epoch``
+    column from 0, written with :func:`atomic_write`. Returns ``path``."""
+    import pandas as pd
+
+    logs = getattr(history, "history", history)
+    table = pd.DataFrame(logs).rename_axis("epoch").reset_index()
+    return atomic_write(path, table.to_csv(index=False), what="history")

@@ -321,12 +321,9 @@ def fit_apm_head(model: keras.Model, x_train, y_train, x_val=None, y_val=None, *
     hist = head.fit(np.asarray(x_train), np.asarray(y_train), batch_size=batch_size, epochs=epochs,
                     shuffle=True, validation_data=val, verbose=verbose)
     if history_path is not None:
-        import pandas as pd
+        from ku.data.durable import write_history_csv
 
-        from ku.data.durable import atomic_write
-
-        table = pd.DataFrame(hist.history).rename_axis("epoch").reset_index()
-        atomic_write(history_path, table.to_csv(index=False), what="history")
+        write_history_csv(hist, history_path)
     return hist
 
 
