@@ -174,15 +174,16 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         feature_normalization: put a :class:`ku.models.heads.FeatureStandardization` layer
             (``feature_norm``, the identity until set) between the global average pooling and the
             output layer; set it from the training images' pooled features with
-            :func:`ku.models.heads.adapt_head_input` before training. Not in the paper: with
+            :func:`adapt_feature_normalization` before training. Not in the paper: with
             ImageNet weights the pooled features are of order 0.1-1 and the output layer learns
             from them directly, but a randomly initialised Inception-v3 with frozen batch norm
             (the demo without ImageNet weights) gives pooled features of ~1e-4 that differ by
             ~1e-5 between images, which the output layer cannot use in a few hundred steps: the
-            model then learns the theme alone. Experimental: with the paper's output learning
-            rate (1e-2) on unit-variance features the softmax collapsed on the demo set
-            (2026-11-29: KL 21.6 on the test set, while a ridge probe on the same features reached
-            SRCC 0.69), so ``scripts/train_theme_roi.py`` leaves it off unless asked.
+            model then learns the theme alone. :func:`adapt_feature_normalization` scales every
+            channel to ``1 / sqrt(C)`` (unit norm on average): unit-variance channels with the
+            paper's output learning rate (1e-2) made the softmax collapse on the demo set
+            (2026-11-29: KL 21.6). ``scripts/train_theme_roi.py`` turns it on with a frozen
+            backbone (the demo without ImageNet weights: :func:`fit_theme_roi_head`).
 
     Returns:
         ``keras.Model`` with inputs ``image`` (B, H, W, 3) float 0..255, ``valid_size`` (B, 2)
