@@ -5,15 +5,15 @@ exits with status 1, so a shell, ``make`` or CI step treats asking for help as a
 exits with 1 for a bad flag or an ``app.UsageError``, the status Python gives an unexpected crash.
 :func:`run` keeps everything else of ``absl.app.run`` (flag parsing, the usage text) and uses the
 statuses of ``ku`` (:mod:`ku.cli`): 0 after a help text, :data:`EXIT_USAGE` (2) for bad
-arguments or unusable inputs (a bad flag, ``app.UsageError``, :func:`fail` or
-``SystemExit("error: ...")``: a malformed label line, a missing file), 1 only for unexpected
-errors (a traceback).
+arguments or unusable inputs (a bad flag, ``app.UsageError``, or a script's
+``SystemExit("error: ...")`` naming a malformed label line, a missing file, ...), 1 only for
+unexpected errors (a traceback).
 """
 from __future__ import annotations
 
 import sys
 
-__all__ = ["EXIT_USAGE", "HELP_FLAGS", "fail", "run"]
+__all__ = ["EXIT_USAGE", "HELP_FLAGS", "run"]
 
 #: Exit status for bad arguments or unusable inputs (the same as ``ku.cli.EXIT_USAGE``).
 EXIT_USAGE = 2
@@ -30,16 +30,10 @@ def _asks_for_help(argv) -> bool:
     return any(a in HELP_FLAGS or a.split("=", 1)[0] in HELP_FLAGS for a in args)
 
 
-def fail(message):
-    """Stop with ``error: message`` on stderr and exit status :data:`EXIT_USAGE` (no traceback,
-    no flag help): for inputs that cannot be used (the message names the file, line or flag)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_USAGE)
-
-
 def run(main, argv=None) -> None:
     """``absl.app.run(main, argv)``, but exit status 0 after printing a help text and
-    :data:`EXIT_USAGE` (2) instead of absl's 1 for a bad flag or an ``app.UsageError``.
+    :data:`EXIT_USAGE` (2) instead of absl's 1 for a bad flag or an ``app.UsageError``, and
+    instead of Python's 1 for ``SystemExit("error: ...")`` (its text still goes to stderr).
 
     Args:
         main: the script's ``main(argv)``.

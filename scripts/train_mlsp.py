@@ -55,10 +55,9 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"]
 
 
 def fail(message):
-    """Stop with ``error: message`` on stderr and exit status 2 (no traceback, no flag help)."""
-    from ku.absl_app import fail as _fail
-
-    _fail(message)
+    """Stop with ``error: message`` on stderr and exit status 2 (``ku.absl_app.run``; no
+    traceback, no flag help)."""
+    raise SystemExit(f"error: {message}")
 
 
 def check_writable(path, flag, folder=False):
