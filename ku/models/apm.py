@@ -312,19 +312,14 @@ def fit_apm_head(model: keras.Model, x_train, y_train, x_val=None, y_val=None, *
     """
     if len(model.outputs) != 1:
         raise ValueError("fit_apm_head: the model has an APM-m branch; train it with fit_apm")
-    model.get_layer("backbone").trainable = False
-    head = apm_head_model(model)
-    keras.utils.set_random_seed(seed)
-    opt = optimizer() if callable(optimizer) else (optimizer or apm_optimizer("sgd"))
-    head.compile(optimizer=opt, loss=apm_loss(variant, sigma))
-    val = (np.asarray(x_val), np.asarray(y_val)) if x_val is not None and len(x_val) else None
-    hist = head.fit(np.asarray(x_train), np.asarray(y_train), batch_size=batch_size, epochs=epochs,
-                    shuffle=True, validation_data=val, verbose=verbose)
-    if history_path is not None:
-        from ku.data.durable import write_history_csv
+    from ku.models.heads import fit_on_features
 
-        write_history_csv(hist, history_path)
-    return hist
+    model.get_layer("backbone").trainable = False
+    val = (np.asarray(x_val), np.asarray(y_val)) if x_val is not None and len(x_val) else None
+    return fit_on_features(apm_head_model(model), np.asarray(x_train), np.asarray(y_train), val,
+                           loss=apm_loss(variant, sigma), optimizer=optimizer or (lambda: apm_optimizer("sgd")),
+                           epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
+                           history_path=history_path)
 
 
 # --------------------------------------------------------------------------------------------

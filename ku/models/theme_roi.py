@@ -524,6 +524,7 @@ def fit_theme_roi_head(model, x_train, y_train, themes_train=None, x_val=None, y
         the ``History``.
     """
     from ku.losses import EMDLoss
+    from ku.models.heads import fit_on_features
 
     head = theme_roi_head_model(model)
     takes_theme = len(head.inputs) == 2
@@ -544,16 +545,9 @@ def fit_theme_roi_head(model, x_train, y_train, themes_train=None, x_val=None, y
 
     xs, ys = flat(x_train, y_train, themes_train)
     val = flat(x_val, y_val, themes_val) if x_val is not None and len(x_val) else None
-    keras.utils.set_random_seed(seed)
-    opt = optimizer() if callable(optimizer) else (optimizer or keras.optimizers.Adam(1e-3))
-    head.compile(optimizer=opt, loss=EMDLoss(r=2))
-    hist = head.fit(xs, ys, batch_size=batch_size, epochs=int(epochs), shuffle=True,
-                    validation_data=val, verbose=verbose)
-    if history_path is not None:
-        from ku.data.durable import write_history_csv
-
-        write_history_csv(hist, history_path)
-    return hist
+    return fit_on_features(head, xs, ys, val, loss=EMDLoss(r=2),
+                           optimizer=optimizer or (lambda: keras.optimizers.Adam(1e-3)), epochs=epochs,
+                           batch_size=batch_size, seed=seed, verbose=verbose, history_path=history_path)
 
 
 def jia_tables(dist_true, dist_pred, *, label="ku (this run)", paper_rows=("Pad+ROI+Theme", "Pad+ROI+Theme (Align)"),
