@@ -126,7 +126,7 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     import numpy as np
 
     from ku import distribute
-    from ku.data.canvas import canvas_dataset, targets_from_ids
+    from ku.data.canvas import canvas_dataset, n_test_views, targets_from_ids
     from ku.models.theme_roi import predict_views, theme_roi_model, train_theme_roi
 
     s = settings
@@ -160,19 +160,25 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     from ku.backbones import weights_fingerprint
     from ku.models import theme_roi as jia
 
-    feats = jia.visual_features_model(model)
-    key = (weights_fingerprint(feats), name.rsplit("_", 1)[0])
+    key = (weights_fingerprint(jia.visual_features_model(model)), name.rsplit("_", 1)[0])
     if cache.get("key") != key:
         cache.clear()
         cache["key"] = key
-        cache["probe"] = {k: predict_views(feats, sets[k], batch_size=s["batch_size"],
-                                           **{**common, "augment": "none"}) for k in ("training", "test")}
+
+        def probe_features(k):  # (N, C) float64, as predict_views: the mean over the "none" views
+            x = jia.view_features(model, sets[k], batch_size=s["batch_size"], **{**common, "augment": "none"})
+            return x.mean(axis=1, dtype=np.float64)
+
         if not s["train_backbone"]:
             echo(f"   features of every view ({s['augment']}) of the training and validation images")
             cache["views"] = {k: jia.view_features(model, sets[k], batch_size=s["batch_size"],
                                                    verbose=FLAGS.verbose, **common)
                               for k in ("training", "validation")}
-    del feats
+        # where the probe's view is the original alone (pad_roi, resized_pad), it is view 0 of
+        # every augmentation set (ku.data.canvas), already among the stored views
+        reuse = "views" in cache and n_test_views(s["mode"], "none") == 1
+        cache["probe"] = {"training": cache["views"]["training"][:, 0].astype(np.float64) if reuse
+                          else probe_features("training"), "test": probe_features("test")}
     probe_x = dict(cache["probe"])
     if s["feature_norm"]:
         jia.adapt_feature_normalization(model, cache["views"]["training"] if "views" in cache
