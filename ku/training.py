@@ -913,7 +913,8 @@ def _end_fit(model, csv_logger=None) -> None:
 def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_rate=None,
           schedule=None, max_epochs: int = 60, resume: bool = True, verbose: int = 1, callbacks=(),
           metrics=None, batch_size: int | None = None, validation_batch_size: int | None = None,
-          shuffle=None, optimizer=None, strategy=None, **fit_kwargs) -> TrainingResult:
+          shuffle=None, optimizer=None, strategy=None, jit_compile="auto",
+          **fit_kwargs) -> TrainingResult:
     """Compile with Adam and train with the schedule of Hosu et al. 2019 §3.3, resumably.
 
     Callbacks, in this order: :class:`ValidationCorrelation` (``val_srcc``, ``val_plcc``,
@@ -964,6 +965,10 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
             chief writes ``run_dir``; other workers write into a temporary directory (deleted at
             the end), seeded from ``run_dir`` when resuming, so ``run_dir`` must be on a shared
             file system for multi-worker resume (checked).
+        jit_compile: ``compile``'s XLA switch. Keras' ``"auto"`` leaves XLA off on a machine without
+            an accelerator; ``True`` compiles the training and validation steps with XLA (on 2 CPU
+            cores a Pool-3FC step on ``(16, 5, 5, 16928)`` features takes 0.56 s instead of 0.96 s,
+            measured 2026-11-29), worth it when every batch has the same shape (stored features).
         **fit_kwargs: passed to ``model.fit``.
     Returns:
         :class:`TrainingResult`; the model holds the best weights.
@@ -1015,7 +1020,7 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
         if optimizer is None:
             optimizer = keras.optimizers.Adam(learning_rate=lr0)
         _dist.check_optimizer(optimizer, strategy)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
     _clear_resume_epoch(model)
 
     def result(epochs_run):
