@@ -132,71 +132,40 @@ def _resnet_channels(blocks):
     return tuple(256 * 2**s for s, n in enumerate(blocks) for _ in range(n))
 
 
+def _keras_application(constructor, module, stem, md5, preprocessing, taps, block_channels, min_size,
+                       paper) -> BackboneSpec:
+    """A spec for ``keras.applications.<constructor>``; its notop weights file is
+    ``<stem>_weights_tf_dim_ordering_tf_kernels_notop.h5`` in ``<module>/`` of Keras' bucket."""
+    weights_file = f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    return BackboneSpec(constructor=constructor, module=module, preprocessing=preprocessing,
+                        weights_file=weights_file, weights_url=f"{_GCS}{module}/{weights_file}",
+                        weights_md5=md5, taps=taps, block_channels=tuple(block_channels),
+                        min_size=min_size, paper=paper)
+
+
 #: name -> :class:`BackboneSpec`. The first two are the paper's (Hosu 2019 §3.1); the others
 #: are available for other pooling schemes (Murray & Gordo 2017 use ResNet-101); their "taps"
 #: (every residual block output / every VGG block's pooling output) are ku's choice, not a paper's.
 BACKBONES = {
-    "inception_resnet_v2": BackboneSpec(
-        constructor="InceptionResNetV2",
-        module="inception_resnet_v2",
-        preprocessing="tf",
-        weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_url=_GCS
-        + "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_md5="d19885ff4a710c122648d3b5c3b684e4",
-        taps=_IRNV2_TAPS,
-        block_channels=_IRNV2_CHANNELS,
-        min_size=75,
-        paper="Hosu et al. 2019 §3.1: 43 blocks, 16,928 channels (released code: names containing 'mixed')",
-    ),
-    "inception_v3": BackboneSpec(
-        constructor="InceptionV3",
-        module="inception_v3",
-        preprocessing="tf",
-        weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_url=_GCS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_md5="bcbd6486424b2319ff4ef7d526e38f63",
-        taps=_IV3_TAPS,
-        block_channels=_IV3_CHANNELS,
-        min_size=75,
-        paper="Hosu et al. 2019 §3.1: 11 blocks mixed0..mixed10, 10,048 channels",
-    ),
-    "resnet50": BackboneSpec(
-        constructor="ResNet50",
-        module="resnet",
-        preprocessing="caffe",
-        weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_url=_GCS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_md5="4d473c1dd8becc155b73f8504c6f6626",
-        taps=_resnet_taps((3, 4, 6, 3)),
-        block_channels=_resnet_channels((3, 4, 6, 3)),
-        min_size=32,
-        paper="ku extension: residual block outputs",
-    ),
-    "resnet101": BackboneSpec(
-        constructor="ResNet101",
-        module="resnet",
-        preprocessing="caffe",
-        weights_file="resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_url=_GCS + "resnet/resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_md5="88cf7a10940856eca736dc7b7e228a21",
-        taps=_resnet_taps((3, 4, 23, 3)),
-        block_channels=_resnet_channels((3, 4, 23, 3)),
-        min_size=32,
-        paper="ku extension: residual block outputs (Murray & Gordo 2017 use ResNet-101)",
-    ),
-    "vgg16": BackboneSpec(
-        constructor="VGG16",
-        module="vgg16",
-        preprocessing="caffe",
-        weights_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_url=_GCS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        weights_md5="6d6bbae143d832006294945121d1f1fc",
-        taps=tuple(f"block{i}_pool" for i in range(1, 6)),
-        block_channels=(64, 128, 256, 512, 512),
-        min_size=32,
-        paper="ku extension: VGG block outputs",
-    ),
+    "inception_resnet_v2": _keras_application(
+        "InceptionResNetV2", "inception_resnet_v2", "inception_resnet_v2",
+        "d19885ff4a710c122648d3b5c3b684e4", "tf", _IRNV2_TAPS, _IRNV2_CHANNELS, 75,
+        "Hosu et al. 2019 §3.1: 43 blocks, 16,928 channels (released code: names containing 'mixed')"),
+    "inception_v3": _keras_application(
+        "InceptionV3", "inception_v3", "inception_v3", "bcbd6486424b2319ff4ef7d526e38f63", "tf",
+        _IV3_TAPS, _IV3_CHANNELS, 75, "Hosu et al. 2019 §3.1: 11 blocks mixed0..mixed10, 10,048 channels"),
+    "resnet50": _keras_application(
+        "ResNet50", "resnet", "resnet50", "4d473c1dd8becc155b73f8504c6f6626", "caffe",
+        _resnet_taps((3, 4, 6, 3)), _resnet_channels((3, 4, 6, 3)), 32,
+        "ku extension: residual block outputs"),
+    "resnet101": _keras_application(
+        "ResNet101", "resnet", "resnet101", "88cf7a10940856eca736dc7b7e228a21", "caffe",
+        _resnet_taps((3, 4, 23, 3)), _resnet_channels((3, 4, 23, 3)), 32,
+        "ku extension: residual block outputs (Murray & Gordo 2017 use ResNet-101)"),
+    "vgg16": _keras_application(
+        "VGG16", "vgg16", "vgg16", "6d6bbae143d832006294945121d1f1fc", "caffe",
+        tuple(f"block{i}_pool" for i in range(1, 6)), (64, 128, 256, 512, 512), 32,
+        "ku extension: VGG block outputs"),
 }
 
 

@@ -43,6 +43,7 @@ from ku.data.store import (
     MissingIdsError,
     check_rows,
     check_same_layout,
+    _StoreHandle,
     _preview,
 )
 
@@ -101,7 +102,7 @@ def open_store(spec, max_open_files: int = 16):
     return ShardedStore(paths, max_open_files=max_open_files)
 
 
-class ShardedStore:
+class ShardedStore(_StoreHandle):
     """Several feature-store files (shards) read as one store, read-only.
 
     Args:
@@ -120,6 +121,9 @@ class ShardedStore:
     ``n_rows``, ``n_augmentations``, ``feature_shape``, ``dtype``, ``augmentations``, ``attrs``;
     pickling drops the open handles (reopened lazily, also in worker processes).
     """
+
+    _TRANSIENT = {"_open": collections.OrderedDict}
+    _ID_SCOPE = "any shard"
 
     def __init__(self, paths, max_open_files: int = 16):
         resolved = resolve_store_paths(paths if isinstance(paths, (list, tuple)) else str(paths))
@@ -205,31 +209,6 @@ class ShardedStore:
             store.close()
         self._open.clear()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_open"] = collections.OrderedDict()
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __len__(self):
-        return self.n_rows
-
     def __repr__(self):
         return (f"ShardedStore({self.n_shards} shards: {self.path}, rows={self.n_rows}, "
                 f"augmentations={self.n_augmentations}, feature_shape={self.feature_shape})")
@@ -245,20 +224,6 @@ class ShardedStore:
         rows = self._check_rows(rows)
         s = np.searchsorted(self.offsets, rows, side="right") - 1
         return s, rows - self.offsets[s]
-
-    def index_of(self, ids):
-        """Global row numbers of ``ids`` (a str gives an int); unknown ids raise
-        :class:`~ku.data.store.MissingIdsError` naming the shards."""
-        if self._index is None:
-            self._index = {s: i for i, s in enumerate(self._ids.tolist())}
-        single = isinstance(ids, str)
-        ids = [ids] if single else [str(i) for i in ids]
-        idx = [self._index.get(i, -1) for i in ids]
-        missing = [i for i, r in zip(ids, idx) if r < 0]
-        if missing:
-            raise MissingIdsError(f"{self.path}: {len(missing)} id(s) not in any shard: {_preview(missing)}")
-        out = np.asarray(idx, dtype=np.int64)
-        return int(out[0]) if single else out
 
     def complete_mask(self) -> np.ndarray:
         return self._complete.copy()
@@ -321,5 +286,3 @@ class ShardedStore:
                 out[m] = store.read(local[m], augs[m] if per_item else "all", dtype=dtype, check_complete=False)
         return out
 
-    def read_ids(self, ids, augmentations="all", dtype=np.float32) -> np.ndarray:
-        return self.read(self.index_of(list(ids)), augmentations, dtype=dtype)

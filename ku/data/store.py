@@ -303,7 +303,65 @@ def _warn_if_no_room(path: Path, n_bytes: int) -> None:
                        free / 1e9)
 
 
-class FeatureStore:
+class _StoreHandle:
+    """What :class:`FeatureStore` and :class:`~ku.data.shards.ShardedStore` share: a context
+    manager that closes its files, pickles without open handles (``_TRANSIENT``: attribute ->
+    value after unpickling; the lock is made anew), ``len`` = rows, :meth:`read_ids`."""
+
+    _TRANSIENT: dict = {}
+
+    def close(self):  # pragma: no cover - both stores define it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update({k: v() if callable(v) else v for k, v in self._TRANSIENT.items()})
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self.n_rows
+
+    #: where an unknown id is not, in :class:`MissingIdsError`'s message
+    _ID_SCOPE = "the store"
+
+    def index_of(self, ids) -> np.ndarray | int:
+        """Row numbers of ``ids`` (a str gives an int). Unknown ids raise :class:`MissingIdsError`
+        naming the file(s)."""
+        if self._index is None:
+            self._index = {s: i for i, s in enumerate(self.ids.tolist())}
+        single = isinstance(ids, str)
+        ids = [ids] if single else [str(i) for i in ids]
+        idx = [self._index.get(i, -1) for i in ids]
+        missing = [i for i, r in zip(ids, idx) if r < 0]
+        if missing:
+            raise MissingIdsError(f"{self.path}: {len(missing)} id(s) not in {self._ID_SCOPE}: "
+                                  f"{_preview(missing)}")
+        out = np.asarray(idx, dtype=np.int64)
+        return int(out[0]) if single else out
+
+    def read_ids(self, ids, augmentations="all", dtype=np.float32) -> np.ndarray:
+        """:meth:`read` by image id."""
+        return self.read(self.index_of(list(ids)), augmentations, dtype=dtype)
+
+
+class FeatureStore(_StoreHandle):
     """An HDF5 feature store (see the module docstring for the layout and crash-safety design).
 
     Open an existing store with ``FeatureStore(path)`` (read-only) or ``FeatureStore(path, "r+")``
@@ -317,6 +375,8 @@ class FeatureStore:
         fsync: ``r+`` only: also ``os.fsync`` after writing the flags (the features are always
             fsync-ed before their flags are set).
     """
+
+    _TRANSIENT = {"_file": None, "_pid": None}
 
     def __init__(self, path, mode: str = "r", fsync: bool = False):
         if mode not in ("r", "r+"):
@@ -372,32 +432,6 @@ class FeatureStore:
                 pass
         self._file = None
         self._pid = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pid"] = None
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __len__(self):
-        return self.n_rows
 
     def __repr__(self):
         return (f"FeatureStore({str(self.path)!r}, mode={self.mode!r}, rows={self.n_rows}, "
@@ -504,23 +538,6 @@ class FeatureStore:
         if self._ids is None:
             self._ids = self._h5()["ids"].asstr()[:]
         return self._ids
-
-    def index_of(self, ids) -> np.ndarray | int:
-        """Row numbers of ``ids`` (a str gives an int). Unknown ids raise :class:`MissingIdsError`."""
-        if self._index is None:
-            self._index = {s: i for i, s in enumerate(self.ids)}
-        if isinstance(ids, str):
-            single = True
-            ids = [ids]
-        else:
-            single = False
-            ids = [str(i) for i in ids]
-        idx = [self._index.get(i, -1) for i in ids]
-        missing = [i for i, r in zip(ids, idx) if r < 0]
-        if missing:
-            raise MissingIdsError(f"{self.path}: {len(missing)} id(s) not in the store: {_preview(missing)}")
-        out = np.asarray(idx, dtype=np.int64)
-        return int(out[0]) if single else out
 
     def augmentation_index(self, name) -> int:
         """Index of the augmentation called ``name`` (an int is checked and returned); an unknown
@@ -639,10 +656,6 @@ class FeatureStore:
                     else:
                         buf[pos[p0 : p0 + k]] = dset[r0:r1, a]
         return buf[inv].astype(dtype, copy=False) if b else buf.astype(dtype)
-
-    def read_ids(self, ids, augmentations="all", dtype=np.float32) -> np.ndarray:
-        """:meth:`read` by image id."""
-        return self.read(self.index_of(list(ids)), augmentations, dtype=dtype)
 
     # -- writing ----------------------------------------------------------------------------
     def _require_writable(self):
