@@ -104,9 +104,9 @@ def store_features(store_path, ids, *, batch_size: int = 32) -> np.ndarray:
     the stored augmentations (the same average the test-time prediction takes, Hosu et al. 2019
     §3.1; for a linear model, averaging features equals averaging predictions)."""
     from ku.data.shards import open_store
-    from ku.evaluation import _id_list
+    from ku.evaluation import id_list
 
-    ids = _id_list(ids)
+    ids = id_list(ids)
     with open_store(store_path) as store:
         rows = store.index_of(ids)
         store.check_complete(rows)

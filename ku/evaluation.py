@@ -19,7 +19,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["mean_scores", "predict_augmented", "report_table", "format_table"]
+__all__ = ["mean_scores", "predict_augmented", "report_table", "format_table", "id_list"]
 
 
 def mean_scores(y, scores=None) -> np.ndarray:
@@ -59,7 +59,9 @@ def mean_scores(y, scores=None) -> np.ndarray:
     return (a @ s) / total
 
 
-def _id_list(ids) -> list:
+def id_list(ids) -> list:
+    """Image ids as a list of str from an ids table (its ``image_id`` column), one id or a
+    sequence of ids."""
     try:
         import pandas as pd
     except ImportError:  # pragma: no cover
@@ -132,7 +134,7 @@ def predict_augmented(model, store_path, ids, *, batch_size: int = 32, augmentat
     if int(batch_size) < 1:
         raise ValueError(f"predict_augmented: batch_size must be >= 1, got {batch_size}")
     batch_size = int(batch_size)
-    ids = _id_list(ids)
+    ids = id_list(ids)
     if not ids:
         raise ValueError("predict_augmented: no ids")
     with open_store(store_path) as store:

@@ -679,16 +679,20 @@ def _make_module_class():
                             fn_output_signature=tf.TensorSpec([self.n_outputs], tf.float32))
             return _summary(raw, self._scores)
 
+        def _header_within_max_pixels(self, data):
+            """bool: the header's height x width is within ``max_pixels`` (True without a limit)."""
+            if self.max_pixels is None:
+                return tf.constant(True)
+            hw = _header_hw(data)
+            return hw[0] * hw[1] <= self.max_pixels
+
         def _decodable_mask(self, index, images):
             """bool ``[batch]``: False where decoding the bytes fails (a truncated or damaged file
             of a known format), found in a first pass through ``tf.data``'s ``ignore_errors``,
             the one graph construct that survives a failing op; only bytes that pass the format
             and header-size checks are decoded, one image at a time."""
-            def probe(i, data):
-                ok = _known_format(data)
-                if self.max_pixels is not None:
-                    hw = _header_hw(data)
-                    ok = tf.logical_and(ok, hw[0] * hw[1] <= self.max_pixels)
+            def probe(i, data):  # the same conditions as _decode_one's first two checks
+                ok = tf.logical_and(_known_format(data), self._header_within_max_pixels(data))
                 size = tf.cond(ok, lambda: tf.size(decode_image_uint8_tf(data)),
                                lambda: tf.constant(0))
                 return i, size
@@ -713,10 +717,9 @@ def _make_module_class():
                 "interrupted download); re-encode or replace it; length in bytes:",
                 tf.strings.length(data)])
             if self.max_pixels is not None:
-                hw = _header_hw(data)
-                data = _checked(data, hw[0] * hw[1] <= self.max_pixels, dummy, name + [
+                data = _checked(data, self._header_within_max_pixels(data), dummy, name + [
                     f"has more than max_pixels={self.max_pixels:,} pixels (from its header, not "
-                    "decoded); height, width:", hw])
+                    "decoded); height, width:", _header_hw(data)])
             img = decode_image_uint8_tf(data)
             hw = tf.shape(img)[:2]
             if self.max_pixels is not None:  # formats whose header size was not read (WebP)
