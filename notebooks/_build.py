@@ -247,6 +247,7 @@ print("image sizes", [i.shape[:2] for i in imgs], "| padded batch vs alone, larg
 The student learns the teacher's softmax (cached once per image), then its convolutional weights
 start the aesthetic model. Batches group images of similar aspect ratio.'''),
     code('''from ku.models import semantic
+from ku.training import fit_apm, train_student
 teacher_weights = "imagenet" if weights == "imagenet" else None   # no ImageNet -> random teacher (demo only)
 sem_ids = parts["training"].iloc[:16] if FAST else parts["training"]
 targets, failed = semantic.teacher_targets(sem_ids, WORK / "teacher.h5", weights=teacher_weights,
@@ -255,12 +256,12 @@ targets, failed = semantic.teacher_targets(sem_ids, WORK / "teacher.h5", weights
 # random generators elsewhere: re-seed, so both runs train the same student and give the same numbers.
 keras.utils.set_random_seed(1)
 student = semantic.student_model(BACKBONE, weights)
-semantic.train_student(student, sem_ids, targets, shorter_side=SHORTER, batch_size=8, epochs=1, verbose=0)
+train_student(student, sem_ids, targets, shorter_side=SHORTER, batch_size=8, epochs=1, verbose=0)
 print("copied", apm.copy_backbone_weights(student, model), "layers from the student")'''),
     code('''y_train = apm.apm_targets(parts["training"], "dist")
 apm.init_output_bias(model, y_train.mean(axis=0))
-hist = apm.fit_apm(model, parts["training"], parts["validation"], variant="dist", shorter_side=SHORTER,
-                   batch_size=8, epochs=EPOCHS, verbose=0)
+hist = fit_apm(model, parts["training"], parts["validation"], variant="dist", shorter_side=SHORTER,
+               batch_size=8, epochs=EPOCHS, verbose=0)
 pd.DataFrame(hist.history)'''),
     md('''## 4. APM-m: a global-max branch and late fusion (§4.1)
 New FC layers train at 10x the base rate (`ku.optimizers.LayerwiseSGD`); the fusion weight is fit
@@ -271,8 +272,8 @@ model_m = apm.apm_model(backbone_model=model.get_layer("backbone"), variant="dis
 for name in ("apm_fc1", "apm_fc2"):
     model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
 apm.init_output_bias(model_m, y_train.mean(axis=0))
-apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=SHORTER, batch_size=8, epochs=1,
-            optimizer=apm.apm_optimizer("sgd", 1e-4, lr_multipliers={apm.new_layer_pattern(): 10.0}), verbose=0)
+fit_apm(model_m, parts["training"], parts["validation"], shorter_side=SHORTER, batch_size=8, epochs=1,
+        optimizer=apm.apm_optimizer("sgd", 1e-4, lr_multipliers={apm.new_layer_pattern(): 10.0}), verbose=0)
 val_out, _ = apm.predict_batches(model_m, aspect_batches(parts["validation"], 8, shorter_side=SHORTER))
 w, _ = apm.fit_fusion_weight(val_out["distribution"], val_out["max_distribution"], apm.apm_targets(parts["validation"]))
 print(f"fusion weight of the SPP branch: {w:.2f}")'''),
@@ -349,7 +350,8 @@ plt.show()'''),
 All layers other than the replaced pooling keep `keras.applications`' weights. Without ImageNet
 weights offline (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5` in `~/.keras/models/`)
 the backbone is random, announced loudly.'''),
-    code('''from ku.models.theme_roi import theme_roi_model, train_theme_roi, predict_views, jia_tables
+    code('''from ku.models.theme_roi import theme_roi_model, predict_views, jia_tables
+from ku.training import train_theme_roi
 from ku.data.canvas import targets_from_ids
 from ku.pipelines.mlsp import resolve_weights
 weights = resolve_weights("inception_v3", "auto")

@@ -176,6 +176,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
     from ku import distribute, metrics, plots
     from ku.data.aspect_batches import aspect_batches
     from ku.models import apm, semantic
+    from ku.training import fit_apm, fit_apm_head, train_student
 
     chief = distribute.is_chief(strategy)
     t0 = time.time()
@@ -233,7 +234,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
             image_size=FLAGS.teacher_size, verbose=FLAGS.verbose)
         with distribute.scope(strategy):
             student = semantic.student_model(FLAGS.backbone, weights, masked=FLAGS.masked)
-        semantic.train_student(student, parts["training"], targets, shorter_side=shorter,
+        train_student(student, parts["training"], targets, shorter_side=shorter,
                                batch_size=batch_size, epochs=sem_epochs, seed=FLAGS.seed,
                                optimizer=optimizer(learning_rate), run_dir=work / "semantic",
                                **fit_kw)
@@ -263,7 +264,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
         apm.adapt_feature_normalization(model, probe_features["training"][0])
     apm.init_output_bias(model, y_train.mean(axis=0))
     if train_backbone:
-        apm.fit_apm(model, parts["training"], parts["validation"], variant=FLAGS.variant,
+        fit_apm(model, parts["training"], parts["validation"], variant=FLAGS.variant,
                     shorter_side=shorter, batch_size=batch_size, epochs=epochs,
                     optimizer=optimizer(learning_rate), seed=FLAGS.seed, run_dir=work / "train", **fit_kw)
         history = pd.read_csv(out_dir / "train" / "history.csv") if chief else pd.DataFrame()
@@ -271,7 +272,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
         (work / "train").mkdir(parents=True, exist_ok=True)
         x_tr, r_tr = probe_features["training"]
         x_val, r_val = probe_features.get("validation", (None, None))
-        apm.fit_apm_head(model, x_tr, y_train[r_tr], x_val,
+        fit_apm_head(model, x_tr, y_train[r_tr], x_val,
                          None if x_val is None else apm.apm_targets(parts["validation"], FLAGS.variant)[r_val],
                          variant=FLAGS.variant, batch_size=batch_size, epochs=epochs,
                          optimizer=optimizer(learning_rate), seed=FLAGS.seed, verbose=FLAGS.verbose,
@@ -289,7 +290,7 @@ def run(work, out_dir, strategy, demo, data_name, shorter, epochs, batch_size, a
         for name in ("apm_fc1", "apm_fc2"):
             model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
         apm.init_output_bias(model_m, y_train.mean(axis=0))
-        apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
+        fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
                     batch_size=batch_size, epochs=m_epochs, seed=FLAGS.seed + 1,
                     optimizer=optimizer(learning_rate / 10, {apm.new_layer_pattern(): 10.0}),
                     run_dir=work / "apm_m", **fit_kw)

@@ -127,7 +127,8 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
 
     from ku import distribute
     from ku.data.canvas import canvas_dataset, n_test_views, targets_from_ids
-    from ku.models.theme_roi import predict_views, theme_roi_model, train_theme_roi
+    from ku.models.theme_roi import predict_views, theme_roi_model
+    from ku.training import train_theme_roi
 
     s = settings
     name = f"{s['mode']}_{s['canvas']}_{s['roi_size']}_{s['pooling']}_{s['augment']}" \
@@ -159,6 +160,7 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     # backbone also every view of the training and validation images (the head trains on them)
     from ku.backbones import weights_fingerprint
     from ku.models import theme_roi as jia
+    from ku.training import fit_theme_roi_head
 
     key = (weights_fingerprint(jia.visual_features_model(model)), name.rsplit("_", 1)[0])
     if cache.get("key") != key:
@@ -200,7 +202,7 @@ def run_variant(ids, theme, n_themes, n_bins, weights, settings, work_dir, echo,
     else:  # the layers after the pooling on every view's stored features (the backbone is frozen)
         run_dir.mkdir(parents=True, exist_ok=True)
         th = {k: sets[k]["theme_index"].to_numpy(np.int32) if theme else None for k in ("training", "validation")}
-        jia.fit_theme_roi_head(model, cache["views"]["training"], targets_from_ids(sets["training"]),
+        fit_theme_roi_head(model, cache["views"]["training"], targets_from_ids(sets["training"]),
                                th["training"], cache["views"]["validation"],
                                targets_from_ids(sets["validation"]), th["validation"], epochs=s["epochs"],
                                optimizer=lambda: keras.optimizers.Adam(s["head_learning_rate"]),

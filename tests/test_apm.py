@@ -10,6 +10,7 @@ import tensorflow as tf
 from ku.layers.preprocessing import ImagePreprocessing
 from ku.models import apm
 from ku.models.masking import masked_model
+from ku.training import fit_apm_head
 
 SHAPES = [(96, 128), (120, 90), (64, 64), (77, 101)]
 
@@ -358,5 +359,5 @@ def test_feature_normalization_identity_until_adapted_then_head_matches_model(tm
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         apm.adapt_feature_normalization(normed, spp[0])
     with pytest.raises(ValueError, match="APM-m"):
-        apm.fit_apm_head(apm.apm_model(backbone_model=tiny_backbone(), fc_units=8, global_max_branch=True),
-                         spp, np.ones((3, 10)))
+        fit_apm_head(apm.apm_model(backbone_model=tiny_backbone(), fc_units=8, global_max_branch=True),
+                     spp, np.ones((3, 10)))

@@ -6,6 +6,7 @@ import pytest
 
 from ku.data.aspect_batches import aspect_batches, load_image
 from ku.models import apm
+from ku.training import fit_apm
 
 SIDE = 48
 
@@ -25,7 +26,7 @@ def test_apm_m_training_fusion_and_batched_prediction(demo):
     spp_fc_before = model.get_layer("apm_fc1").get_weights()[0].copy()
     branch_before = model.get_layer("max_branch_fc1").get_weights()[0].copy()
     opt = apm.apm_optimizer("sgd", 1e-4, lr_multipliers={apm.new_layer_pattern(): 10.0}, decay_steps=None)
-    hist = apm.fit_apm(model, train, val, shorter_side=SIDE, batch_size=4, epochs=1, optimizer=opt, verbose=0)
+    hist = fit_apm(model, train, val, shorter_side=SIDE, batch_size=4, epochs=1, optimizer=opt, verbose=0)
     assert {"loss", "val_loss"} <= set(hist.history)
     d_spp = np.abs(model.get_layer("apm_fc1").get_weights()[0] - spp_fc_before).max()
     d_branch = np.abs(model.get_layer("max_branch_fc1").get_weights()[0] - branch_before).max()

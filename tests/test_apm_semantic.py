@@ -5,6 +5,7 @@ import pytest
 
 from ku.data.aspect_batches import aspect_batches
 from ku.models import apm, semantic
+from ku.training import train_student
 
 SIDE = 48
 
@@ -41,8 +42,8 @@ def test_semantic_pretraining_and_transfer(demo, tmp_path):
     student = semantic.student_model("resnet50", None)
     assert student.output.shape == (None, 1000)
     conv_before = student.get_layer("backbone").get_layer("conv1_conv").get_weights()[0].copy()
-    hist = semantic.train_student(student, train, targets, shorter_side=SIDE, batch_size=4, epochs=1,
-                                  verbose=0, optimizer=apm.apm_optimizer("sgd", 1e-2, decay_steps=None))
+    hist = train_student(student, train, targets, shorter_side=SIDE, batch_size=4, epochs=1,
+                         verbose=0, optimizer=apm.apm_optimizer("sgd", 1e-2, decay_steps=None))
     assert np.isfinite(hist.history["loss"]).all()
     conv_after = student.get_layer("backbone").get_layer("conv1_conv").get_weights()[0]
     assert not np.allclose(conv_before, conv_after)  # the convolutional layers were trained

@@ -1,7 +1,7 @@
 """The demo path of scripts/train_theme_roi.py without ImageNet weights, as a user runs it (a
 subprocess, tiny settings): the random backbone stays frozen, the pooled features of every view
 are computed once and shared by the theme and the theme-blind run, the layers after the pooling
-train on them (ku.models.theme_roi.fit_theme_roi_head) and the whole models are tested. (The
+train on them (ku.training.fit_theme_roi_head) and the whole models are tested. (The
 APM demo's frozen path runs in tests/test_readme_commands.py.)"""
 import json
 

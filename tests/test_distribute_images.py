@@ -45,6 +45,7 @@ import numpy as np
 from ku.data.demo import load_demo
 from ku.models import apm
 from ku.models.masking import masked_model
+from ku.training import fit_apm
 
 info = distribute.worker_info(strategy)
 ids = load_demo(split="murray")
@@ -69,11 +70,11 @@ run_dir = os.path.join(run_root, "apm")
 kw = dict(shorter_side=40, batch_size=4, strategy=strategy, run_dir=run_dir, verbose=0,
           optimizer=lambda: apm.apm_optimizer("sgd", 3e-2, decay_steps=None))
 if mode == "multi_worker":  # 2 epochs, then resume for the 3rd
-    h1 = apm.fit_apm(model, train_ids, val_ids, epochs=2, **kw)
-    h2 = apm.fit_apm(model, train_ids, val_ids, epochs=3, **kw)
+    h1 = fit_apm(model, train_ids, val_ids, epochs=2, **kw)
+    h2 = fit_apm(model, train_ids, val_ids, epochs=3, **kw)
     result["apm_epochs"] = [len(h1.epoch), len(h2.epoch)]
 else:
-    h2 = apm.fit_apm(model, train_ids, val_ids, epochs=3, **kw)
+    h2 = fit_apm(model, train_ids, val_ids, epochs=3, **kw)
     result["apm_epochs"] = [len(h2.epoch)]
 import pandas as pd
 from ku.data.aspect_batches import aspect_batches
@@ -89,7 +90,8 @@ model.save_weights(os.path.join(out, f"apm-{mode}-{info['task_id']}.weights.h5")
 from ku.data.canvas import canvas_dataset
 from ku.layers import roi_pooling
 from ku.layers.theme_embedding import ThemeEmbedding
-from ku.models.theme_roi import predict_views, train_theme_roi
+from ku.models.theme_roi import predict_views
+from ku.training import train_theme_roi
 
 keras.utils.set_random_seed(0)
 n_themes = int(ids["theme_index"].max()) + 1

@@ -1,7 +1,7 @@
 """Planted signal through APM (Murray & Gordo 2017 §3.2, §3.4) end to end: images whose score is
 their brightness (tests/planted_images.py), of several sizes and aspect ratios, through the
 real aspect-ratio tf.data batches (ku.data.aspect_batches, padded at the top-left) into a masked,
-randomly initialised ResNet-50 APM trained with ku.models.apm.fit_apm; held-out images are
+randomly initialised ResNet-50 APM trained with ku.training.fit_apm; held-out images are
 predicted with predict_batches in padded batches. A pipeline that loses the link between an
 image and its target (batch order, padding rows, shuffled plans) cannot rank the held-out
 images by brightness.
@@ -17,6 +17,7 @@ import pytest
 from ku.data.aspect_batches import aspect_batches
 from ku.metrics import srcc
 from ku.models import apm
+from ku.training import fit_apm, fit_apm_head
 
 from planted_images import make_planted_set
 
@@ -35,8 +36,8 @@ def test_apm_learns_planted_brightness(planted):
     keras.utils.set_random_seed(0)
     model = apm.apm_model("resnet50", None, variant="mean", fc_units=32)  # masked=True
     apm.init_output_bias(model, apm.apm_targets(train, "mean").mean(axis=0))
-    apm.fit_apm(model, train, None, variant="mean", shorter_side=SIDE, batch_size=16, epochs=8,
-                optimizer=apm.apm_optimizer("sgd", 5e-3, decay_steps=None), verbose=0)
+    fit_apm(model, train, None, variant="mean", shorter_side=SIDE, batch_size=16, epochs=8,
+            optimizer=apm.apm_optimizer("sgd", 5e-3, decay_steps=None), verbose=0)
     batches = aspect_batches(test, 16, shorter_side=SIDE)
     canvases = set()
     for element in batches.dataset.take(batches.steps_per_epoch):
@@ -67,8 +68,8 @@ def test_apm_head_on_stored_spp_vectors_learns_planted_brightness(planted):
     apm.adapt_feature_normalization(model, x_train)
     apm.init_output_bias(model, y_train.mean(axis=0))
     backbone_before = [w.copy() for w in model.get_layer("backbone").get_weights()[:4]]
-    apm.fit_apm_head(model, x_train, y_train, variant="mean", batch_size=16, epochs=30,
-                     optimizer=apm.apm_optimizer("adam", 1e-3, decay_steps=None), verbose=0)
+    fit_apm_head(model, x_train, y_train, variant="mean", batch_size=16, epochs=30,
+                 optimizer=apm.apm_optimizer("adam", 1e-3, decay_steps=None), verbose=0)
     for a, b in zip(backbone_before, model.get_layer("backbone").get_weights()[:4]):
         np.testing.assert_array_equal(a, b)  # frozen
     out, rows = apm.predict_batches(model, aspect_batches(test, 16, shorter_side=SIDE))

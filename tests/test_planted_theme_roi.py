@@ -25,6 +25,7 @@ from ku.backbones import build_backbone
 from ku.data.canvas import targets_from_ids
 from ku.metrics import srcc
 from ku.models import theme_roi as jia
+from ku.training import fit_theme_roi_head
 
 from planted_images import make_planted_set
 
@@ -55,8 +56,8 @@ def trained(planted):
             assert features.shape[:2] == (N_TRAIN, 2)
         jia.adapt_feature_normalization(model, features)
         themes = train["theme_index"].to_numpy(np.int32) if theme else None
-        jia.fit_theme_roi_head(model, features, targets_from_ids(train), themes, epochs=40,
-                               optimizer=keras.optimizers.Adam(1e-3), verbose=0)
+        fit_theme_roi_head(model, features, targets_from_ids(train), themes, epochs=40,
+                           optimizer=keras.optimizers.Adam(1e-3), verbose=0)
         pred = jia.predict_views(model, test, **VIEWS)
         assert np.isfinite(pred).all() and np.allclose(pred.sum(axis=1), 1, atol=1e-5)
         mean = pred @ np.arange(1, 11)
@@ -85,4 +86,4 @@ def test_head_model_shares_the_models_layers(trained, planted):
     whole = jia.predict_views(model, test, **{**VIEWS, "augment": "none"})
     np.testing.assert_allclose(head, whole, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="themes_train"):
-        jia.fit_theme_roi_head(model, x, np.full((4, 10), 0.1), epochs=1, verbose=0)
+        fit_theme_roi_head(model, x, np.full((4, 10), 0.1), epochs=1, verbose=0)

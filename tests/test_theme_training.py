@@ -8,8 +8,9 @@ import pytest
 from ku import metrics
 from ku.data.canvas import canvas_dataset
 from ku.models.theme_roi import (ablation_row, ablation_table, jia_lr_schedule, jia_optimizer, jia_tables,
-                                 predict_views, theme_roi_model, train_theme_roi)
+                                 predict_views, theme_roi_model)
 from ku.optimizers import lr_factors
+from ku.training import train_theme_roi
 
 
 @pytest.fixture(scope="module")

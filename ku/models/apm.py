@@ -72,13 +72,11 @@ __all__ = [
     "fit_fusion_weight",
     "predict_images",
     "predict_batches",
-    "fit_apm",
     "init_output_bias",
     "copy_backbone_weights",
     "spp_features_model",
     "adapt_feature_normalization",
     "apm_head_model",
-    "fit_apm_head",
     "L1Normalization",
     "apm_inference_model",
 ]
@@ -273,7 +271,7 @@ def apm_head_model(model: keras.Model) -> keras.Model:
     """The layers of an APM model after SPP as a model of their own, weights shared:
     ``SPP vector (B, D) -> distribution (B, n_bins)`` (or ``mean (B, 1)``); with
     ``apm_feature_norm`` when the model has it. Training it on stored SPP vectors
-    (:func:`fit_apm_head`) trains ``model``'s FC layers."""
+    (:func:`ku.training.fit_apm_head`) trains ``model``'s FC layers."""
     spp = model.get_layer(SPP)
     x = inp = keras.Input(shape=(int(spp.output.shape[-1]),), name="spp_vector")
     for name in (FEATURE_NORM, FC1, FC2):
@@ -284,42 +282,6 @@ def apm_head_model(model: keras.Model) -> keras.Model:
         x = layer(x)
     out = "mean" if model.get_layer(FC2).units == 1 else "distribution"
     return keras.Model(inp, keras.layers.Identity(name=out)(x), name=f"{model.name}_head")
-
-
-def fit_apm_head(model: keras.Model, x_train, y_train, x_val=None, y_val=None, *,
-                 variant: str = "dist", batch_size: int = 16, epochs: int = 40, optimizer=None,
-                 seed: int = 0, verbose: int = 1, sigma: float = HUBER_SIGMA, history_path=None):
-    """Train APM's FC layers on stored SPP vectors, the backbone frozen.
-
-    With a frozen backbone (and frozen batch norm, as always here) and no augmentation (APM
-    trains on whole images, §3.4), training the FC layers on the SPP vectors computed once is the
-    same optimisation as :func:`fit_apm` on the images, without running the network on every
-    image in every epoch: seconds instead of minutes on a CPU. ku uses it for a randomly
-    initialised backbone (no ImageNet weights), where fine-tuning 100 random layers on a few
-    hundred images teaches nothing. Loss :func:`apm_loss`, optimizer :func:`apm_optimizer`
-    (default SGD, lr 1e-3, momentum 0.9, weight decay 5e-4), batches shuffled with ``seed``.
-    The backbone of ``model`` is set non-trainable. The stage takes seconds, so an interrupted
-    one restarts instead of resuming.
-
-    Args:
-        model: an :func:`apm_model` (no APM-m branch).
-        x_train, x_val: SPP vectors ``(N, D)`` (:func:`spp_features_model`).
-        y_train, y_val: targets (:func:`apm_targets`).
-        history_path: write the per-epoch history there as CSV (durably), when given.
-
-    Returns:
-        the ``History``.
-    """
-    if len(model.outputs) != 1:
-        raise ValueError("fit_apm_head: the model has an APM-m branch; train it with fit_apm")
-    from ku.models.heads import fit_on_features
-
-    model.get_layer("backbone").trainable = False
-    val = (np.asarray(x_val), np.asarray(y_val)) if x_val is not None and len(x_val) else None
-    return fit_on_features(apm_head_model(model), np.asarray(x_train), np.asarray(y_train), val,
-                           loss=apm_loss(variant, sigma), optimizer=optimizer or (lambda: apm_optimizer("sgd")),
-                           epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
-                           history_path=history_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,37 +554,6 @@ def apm_inference_model(model: keras.Model, fusion_weight: Optional[float] = Non
                                             keras.layers.Rescaling(1.0 - w, name="w_max")(q)])
     mu = DistributionMean(name="mean_score")(p)
     return keras.Model(model.inputs, {"distribution": p, "mean": mu}, name=f"{model.name}_inference")
-
-
-# --------------------------------------------------------------------------------------------
-# training on whole images (§3.4)
-# --------------------------------------------------------------------------------------------
-def fit_apm(model: keras.Model, train_ids, validation_ids=None, *, variant: str = "dist",
-            shorter_side: Optional[int] = 500, batch_size: int = 16, epochs: int = 1,
-            optimizer=None, seed: int = 0, verbose: int = 1, callbacks=(), sigma: float = HUBER_SIGMA,
-            strategy=None, run_dir=None, resume: bool = True):
-    """Compile and fit an APM model on whole images batched by aspect ratio (§3.2, §3.4).
-
-    Targets from the ids tables (:func:`apm_targets`); loss :func:`apm_loss` (for APM-m the same
-    loss on both outputs, summed); optimizer default :func:`apm_optimizer` (SGD, lr 1e-3,
-    momentum 0.9, weight decay 5e-4, /10 every 20k iterations; an optimizer or a zero-argument
-    callable). Training batches are shuffled per epoch with ``seed``
-    (:func:`ku.data.aspect_batches.plan_batches`). ``strategy`` (data-parallel, global
-    ``batch_size``; build the model under its scope), ``run_dir`` and ``resume`` (chief-only,
-    crash-safe checkpoints; a repeated call continues): :func:`ku.training.fit_aspect_batches`.
-    Returns the ``History`` of this call.
-    """
-    from ku.training import fit_aspect_batches
-
-    outputs = model.output_names
-    loss = {k: apm_loss(variant, sigma) for k in outputs} if len(outputs) > 1 else apm_loss(variant, sigma)
-    has_val = validation_ids is not None and len(validation_ids)
-    return fit_aspect_batches(
-        model, train_ids, apm_targets(train_ids, variant), validation_ids if has_val else None,
-        apm_targets(validation_ids, variant) if has_val else None, loss=loss,
-        optimizer=optimizer if optimizer is not None else (lambda: apm_optimizer("sgd")),
-        batch_size=batch_size, shorter_side=shorter_side, epochs=epochs, seed=seed, strategy=strategy,
-        run_dir=run_dir, resume=resume, verbose=verbose, callbacks=callbacks)
 
 
 def init_output_bias(model: keras.Model, value) -> None:

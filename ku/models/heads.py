@@ -57,7 +57,6 @@ __all__ = [
     "SplitFeatures",
     "adapt_head_input",
     "feature_statistics",
-    "fit_on_features",
     "fc3",
     "fc3_sizes",
     "single_1fc",
@@ -486,30 +485,6 @@ def adapt_head_input(model: keras.Model, features, ids=None, *, min_std: float =
                          f"model {model.name!r} has {channels}")
     layer.set_statistics(mean, std, min_std=min_std, scale=scale)
     return mean, std
-
-
-def fit_on_features(head: keras.Model, x, y, validation_data=None, *, loss, optimizer, epochs: int,
-                    batch_size: int = 16, seed: int = 0, verbose: int = 1, history_path=None):
-    """Compile and fit ``head`` on features held in memory, batches shuffled with ``seed``.
-
-    The shared step of training the layers after a frozen backbone on features computed once
-    (:func:`ku.models.apm.fit_apm_head`, :func:`ku.models.theme_roi.fit_theme_roi_head`; ``head``
-    shares its layers with the whole model, so the whole model is trained). ``optimizer``: a
-    Keras optimizer or a zero-argument callable that makes one. ``history_path``: the per-epoch
-    history is written there as CSV (:func:`ku.data.durable.write_history_csv`). Returns the
-    ``History``.
-    """
-    keras.utils.set_random_seed(seed)
-    if callable(optimizer) and not isinstance(optimizer, keras.optimizers.Optimizer):
-        optimizer = optimizer()
-    head.compile(optimizer=optimizer, loss=loss)
-    hist = head.fit(x, y, batch_size=batch_size, epochs=int(epochs), shuffle=True,
-                    validation_data=validation_data, verbose=verbose)
-    if history_path is not None:
-        from ku.data.durable import write_history_csv
-
-        write_history_csv(hist, history_path)
-    return hist
 
 
 # --------------------------------------------------------------------------------------------

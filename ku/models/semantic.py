@@ -12,7 +12,7 @@
 2. **Student** -- "a modified version of the proposed architecture ... one additional FC layer and
    softmax normalization after the output of the SPP that directly predicts s. The model is
    trained using the cross-entropy loss": :func:`student_model` = the APM backbone + SPP + L2 ->
-   ``Dense(1000)`` -> softmax, trained by :func:`train_student` with
+   ``Dense(1000)`` -> softmax, trained by :func:`ku.training.train_student` with
    :class:`ku.losses.SoftCrossEntropy` on whole images batched by aspect ratio
    (:func:`ku.data.aspect_batches.aspect_batches`).
 3. **Transfer** -- "only then start predicting the aesthetic distribution": the student's
@@ -39,7 +39,6 @@ __all__ = [
     "teacher_targets",
     "read_teacher_cache",
     "student_model",
-    "train_student",
     "save_backbone_weights",
 ]
 
@@ -230,37 +229,6 @@ def student_model(backbone: str = "resnet101", weights="imagenet", *, n_classes:
     x = keras.layers.Dense(int(n_classes), name="semantic_fc")(x)
     p = keras.layers.Activation("softmax", name="semantic")(x)
     return keras.Model([images, sizes], p, name="apm_semantic_student")
-
-
-def train_student(student: keras.Model, ids, targets, *, shorter_side: Optional[int] = 500,
-                  batch_size: int = 16, epochs: int = 1, optimizer=None, seed: int = 0,
-                  verbose: int = 1, validation_ids=None, validation_targets=None, strategy=None,
-                  run_dir=None, resume: bool = True):
-    """Fit the student to the teacher's softmax with cross-entropy (§3.3).
-
-    Rows whose targets are NaN (unreadable images) are dropped. ``optimizer`` default:
-    :func:`ku.models.apm.apm_optimizer` (SGD, lr 1e-3, momentum 0.9, weight decay 5e-4, §3.4 --
-    the paper gives no separate settings for this stage; an optimizer or a zero-argument
-    callable). ``strategy``, ``run_dir``, ``resume``: :func:`ku.training.fit_aspect_batches`.
-    Returns the Keras ``History``.
-    """
-    from ku.losses import SoftCrossEntropy
-    from ku.models.apm import apm_optimizer
-    from ku.training import fit_aspect_batches
-
-    targets = np.asarray(targets, np.float32)
-    ok = np.isfinite(targets).all(axis=1)
-    ids, targets = ids.reset_index(drop=True)[ok].reset_index(drop=True), targets[ok]
-    vids = vt = None
-    if validation_ids is not None:
-        vt = np.asarray(validation_targets, np.float32)
-        vok = np.isfinite(vt).all(axis=1)
-        vids, vt = validation_ids.reset_index(drop=True)[vok].reset_index(drop=True), vt[vok]
-    return fit_aspect_batches(
-        student, ids, targets, vids, vt, loss=SoftCrossEntropy(),
-        optimizer=optimizer if optimizer is not None else (lambda: apm_optimizer("sgd")),
-        batch_size=batch_size, shorter_side=shorter_side, epochs=epochs, seed=seed, strategy=strategy,
-        run_dir=run_dir, resume=resume, verbose=verbose)
 
 
 def save_backbone_weights(model: keras.Model, path) -> Path:

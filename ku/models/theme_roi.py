@@ -33,16 +33,12 @@ in any canvas. Default: the paper's plain zero padding.
 Training (§III-C, §IV-B): EMD loss with r = 2, SGD momentum 0.9, weight decay 1e-4, learning rate
 1e-3 on the convolutional layers and 10x on the fully connected layers (``theme_fc``,
 ``distribution``), halved every 10 epochs, 30 epochs, batch 16, batch norm frozen
-(:func:`train_theme_roi`). Evaluation (§IV-A): :func:`jia_tables`.
+(:func:`jia_optimizer`, :func:`jia_lr_schedule`; the loop:
+:func:`ku.training.train_theme_roi`). Evaluation (§IV-A): :func:`jia_tables`.
 """
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -59,14 +55,11 @@ __all__ = [
     "freeze_batch_norm",
     "jia_optimizer",
     "jia_lr_schedule",
-    "train_theme_roi",
-    "ThemeRoiTraining",
     "predict_views",
     "visual_features_model",
     "view_features",
     "theme_roi_head_model",
     "adapt_feature_normalization",
-    "fit_theme_roi_head",
     "jia_tables",
     "ablation_row",
     "JIA_ABLATIONS",
@@ -183,7 +176,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
             channel to ``1 / sqrt(C)`` (unit norm on average): unit-variance channels with the
             paper's output learning rate (1e-2) made the softmax collapse on the demo set
             (2026-11-29: KL 21.6). ``scripts/train_theme_roi.py`` turns it on with a frozen
-            backbone (the demo without ImageNet weights: :func:`fit_theme_roi_head`).
+            backbone (the demo without ImageNet weights: :func:`ku.training.fit_theme_roi_head`).
 
     Returns:
         ``keras.Model`` with inputs ``image`` (B, H, W, 3) float 0..255, ``valid_size`` (B, 2)
@@ -293,123 +286,6 @@ def jia_lr_schedule(initial_lr=1e-3, factor=0.5, every=10):
     return schedule
 
 
-@dataclass
-class ThemeRoiTraining:
-    """What :func:`train_theme_roi` returns."""
-
-    history: object  # pandas DataFrame of history.csv (one row per epoch)
-    epochs_run: int
-    run_dir: Path
-    final_weights: Path
-    best_weights: Path | None = None
-    learning_rates: list = field(default_factory=list)
-
-
-def train_theme_roi(model, train_data, validation_data=None, *, run_dir, epochs=30, learning_rate=1e-3,
-                    momentum=0.9, weight_decay=1e-4, fc_multiplier=10.0, halve_every=10, loss=None,
-                    resume=True, verbose=1, callbacks=(), select="last", strategy=None) -> ThemeRoiTraining:
-    """Train with the recipe of Jia et al. §III-C / §IV-B, resumably.
-
-    Loss :class:`ku.losses.EMDLoss` (r = 2); :func:`jia_optimizer`; :func:`jia_lr_schedule`
-    (halved every ``halve_every`` epochs); batch size is the dataset's (16 in the paper). The
-    model's batch norm should be frozen (:func:`theme_roi_model` does it).
-
-    Files in ``run_dir``: ``history.csv`` (:class:`ku.training.HistoryLogger`: appended, one row
-    per epoch also after a resume that re-runs an epoch), ``backup/``
-    (:class:`ku.training.ResumableBackup`: model, optimizer and epoch after every epoch, written
-    atomically, kept at the end so that a repeated call continues or does nothing),
-    ``best.weights.h5`` (lowest ``val_loss``, when there is validation data),
-    ``final.weights.h5``, ``run.json`` (arguments).
-
-    Distributed (``strategy``, :mod:`ku.distribute`): build the model under ``strategy.scope()``;
-    the optimizer is created there. The batch size of the datasets is the *global* batch: they
-    are distributed with ``tf.data``'s ``DATA`` auto-sharding (every global batch is split into
-    per-replica slices and each worker keeps its own), so all replicas together train on exactly
-    the single-process batches -- also when :func:`ku.data.canvas.canvas_dataset` skips an
-    unreadable image, since every worker skips the same one. The price: every worker decodes
-    every image of the batch (decoding and padding one image costs far less than Inception-v3 on
-    its 800 x 800 canvas). Only the chief writes ``run_dir``; the other workers write a temporary
-    copy (:func:`ku.distribute.worker_run_dir`); resuming needs ``run_dir`` on a shared file system.
-
-    Args:
-        model: e.g. :func:`theme_roi_model`.
-        train_data, validation_data: ``tf.data`` datasets of ``(inputs, distributions)``
-            (:func:`ku.data.canvas.canvas_dataset`).
-        run_dir: the run's folder.
-        epochs: total epochs (30).
-        resume: continue a run in ``run_dir``; False deletes its files first.
-        select: ``"last"`` (the paper trains a fixed schedule) or ``"best"`` (reload the weights
-            with the lowest validation loss at the end).
-        callbacks: extra Keras callbacks (after the validation correlations, before the logger).
-        strategy: ``tf.distribute`` strategy or ``"default"`` / ``"mirrored"`` / ``"multi_worker"``.
-    Returns:
-        :class:`ThemeRoiTraining`; the model holds the selected weights.
-    """
-    from ku import distribute as _dist
-    from ku.losses import EMDLoss
-    from ku.training import (HistoryLogger, ResumableBackup, ValidationCorrelation, _clear_resume_epoch, _end_fit,
-                             _read_history, backup_epoch)
-
-    if select not in ("last", "best"):
-        raise ValueError(f"train_theme_roi: select must be 'last' or 'best', got {select!r}")
-    strategy = _dist.get_strategy(strategy)
-    strategy = None if _dist.is_default(strategy) else strategy
-    run_dir = Path(run_dir)
-    if not resume and run_dir.exists() and _dist.is_chief(strategy):
-        for p in ("history.csv", "best.weights.h5", "final.weights.h5", "run.json"):
-            if (run_dir / p).exists():
-                (run_dir / p).unlink()
-        if (run_dir / "backup").exists():
-            shutil.rmtree(run_dir / "backup")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _, write_dir, finish = _dist.worker_run_dir(run_dir, strategy, resume)
-    try:
-        with open(write_dir / "run.json", "w", encoding="utf-8") as f:
-            json.dump({"epochs": epochs, "learning_rate": learning_rate, "momentum": momentum,
-                       "weight_decay": weight_decay, "fc_multiplier": fc_multiplier,
-                       "halve_every": halve_every, "model": model.name,
-                       "replicas": _dist.num_replicas(strategy)}, f, indent=1)
-        if strategy is not None:
-            _dist.all_workers_agree(strategy, backup_epoch(write_dir / "backup") if resume else 0,
-                                    "the epoch to resume from")
-            train_data = _dist.distribute_input(train_data, strategy)
-
-        schedule = jia_lr_schedule(learning_rate, 0.5, halve_every)
-        _dist.prepare_model(model, strategy)
-        with _dist.scope(strategy):  # optimizer variables mirrored too
-            model.compile(optimizer=jia_optimizer(learning_rate, momentum, weight_decay, fc_multiplier),
-                          loss=loss or EMDLoss(r=2))
-        _clear_resume_epoch(model)
-        best = write_dir / "best.weights.h5"
-        cbs = [_dist.SyncBatchStatistics(strategy)] if strategy is not None else []
-        if validation_data is not None:
-            cbs.append(ValidationCorrelation(validation_data))  # predicts locally on every worker
-            cbs.append(keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True,
-                                                       save_weights_only=True))
-        csv_logger = HistoryLogger(str(write_dir / "history.csv"))  # one row per epoch after a resume
-        cbs += [keras.callbacks.LearningRateScheduler(schedule), *callbacks, csv_logger,
-                ResumableBackup(write_dir / "backup")]
-        val = _dist.distribute_input(validation_data, strategy) if strategy is not None else validation_data
-        try:
-            with warnings.catch_warnings():
-                # datasets with ignore_errors() have unknown cardinality: Keras warns at every epoch end
-                warnings.filterwarnings("ignore", message=".*ran out of data.*")
-                hist = model.fit(train_data, validation_data=val, epochs=int(epochs),
-                                 callbacks=cbs, verbose=verbose, shuffle=False)
-        finally:
-            _end_fit(model, csv_logger)
-        model.save_weights(str(write_dir / "final.weights.h5"))
-        if select == "best" and best.exists():
-            model.load_weights(str(best))
-        history = _read_history(write_dir / "history.csv")
-    finally:
-        finish(None)  # a non-chief worker's temporary copy
-    best = run_dir / "best.weights.h5"
-    return ThemeRoiTraining(history=history, epochs_run=len(hist.epoch) if hist is not None else 0, run_dir=run_dir,
-                            final_weights=run_dir / "final.weights.h5", best_weights=best if best.exists() else None,
-                            learning_rates=[schedule(e) for e in range(int(epochs))])
-
-
 # ---------------------------------------------------------------------------------------------
 # prediction and evaluation
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +313,8 @@ def predict_views(model, ids, *, mode="pad_roi", canvas=800, augment="flip_crop"
 # the head on stored features (a frozen backbone)
 # ---------------------------------------------------------------------------------------------
 VISUAL_POOL = "adaptive_avg_pool"
-_HEAD_LAYERS = ("feature_norm", "theme_fc", "visual_theme", "distribution")
+#: The layers after ``adaptive_avg_pool`` (trained by :func:`ku.training.fit_theme_roi_head`).
+HEAD_LAYERS = ("feature_norm", "theme_fc", "visual_theme", "distribution")
 
 
 def visual_features_model(model) -> keras.Model:
@@ -495,59 +372,6 @@ def theme_roi_head_model(model) -> keras.Model:
         x = model.get_layer("visual_theme")([x, model.get_layer("theme_fc")(theme)])
     out = model.get_layer("distribution")(x)
     return keras.Model(inputs, out, name=f"{model.name}_head")
-
-
-def fit_theme_roi_head(model, x_train, y_train, themes_train=None, x_val=None, y_val=None,
-                       themes_val=None, *, epochs=20, optimizer=None, batch_size=16, seed=0,
-                       verbose=1, history_path=None):
-    """Train the theme embedding and the output layer on stored view features, the backbone frozen.
-
-    With a frozen backbone (batch norm is frozen anyway, §IV-B) the network maps each view to
-    fixed features, so training the layers after ``adaptive_avg_pool`` on the features of every
-    view (:func:`view_features`) is training on the images with the backbone frozen, without
-    running Inception-v3 on every view in every epoch. ku uses it for a randomly initialised
-    backbone (no ImageNet weights): fine-tuning 94 random convolutions on a few hundred images
-    teaches nothing. Each epoch sees every stored view of every training image once (the paper
-    draws one of the six per step). Loss :class:`ku.losses.EMDLoss` (r = 2, §III-C); optimizer
-    default Adam at 1e-3 (``optimizer``: a Keras optimizer or a zero-argument callable; on the
-    demo set, 2026-11-29, 40 epochs reached test SRCC 0.74 with the theme at 1e-3, 0.52 at 1e-4). The
-    stage takes seconds, so an interrupted one restarts instead of resuming.
-
-    Args:
-        model: a :func:`theme_roi_model`; its layers before ``adaptive_avg_pool`` are set
-            non-trainable.
-        x_train, x_val: ``(N, V, C)`` (or ``(N, C)``) view features.
-        y_train, y_val: ``(N, K)`` score distributions.
-        themes_train, themes_val: ``(N,)`` theme indices (theme models only).
-        history_path: where to write the per-epoch history as CSV (durably), when given.
-    Returns:
-        the ``History``.
-    """
-    from ku.losses import EMDLoss
-    from ku.models.heads import fit_on_features
-
-    head = theme_roi_head_model(model)
-    takes_theme = len(head.inputs) == 2
-    if takes_theme and themes_train is None:
-        raise ValueError("fit_theme_roi_head: the model takes a theme: pass themes_train")
-    keep = set(_HEAD_LAYERS)
-    for layer in model.layers:
-        if layer.name not in keep and layer.weights:
-            layer.trainable = False
-
-    def flat(x, y, t):
-        x = np.asarray(x, np.float32)
-        views = 1 if x.ndim == 2 else x.shape[1]
-        inputs = [x.reshape(-1, x.shape[-1])]
-        if takes_theme:
-            inputs.append(np.repeat(np.asarray(t, np.int32), views))
-        return inputs, np.repeat(np.asarray(y, np.float32), views, axis=0)
-
-    xs, ys = flat(x_train, y_train, themes_train)
-    val = flat(x_val, y_val, themes_val) if x_val is not None and len(x_val) else None
-    return fit_on_features(head, xs, ys, val, loss=EMDLoss(r=2),
-                           optimizer=optimizer or (lambda: keras.optimizers.Adam(1e-3)), epochs=epochs,
-                           batch_size=batch_size, seed=seed, verbose=verbose, history_path=history_path)
 
 
 def jia_tables(dist_true, dist_pred, *, label="ku (this run)", paper_rows=("Pad+ROI+Theme", "Pad+ROI+Theme (Align)"),
