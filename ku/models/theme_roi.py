@@ -184,7 +184,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
             model then learns the theme alone. :func:`adapt_feature_normalization` scales every
             channel to ``1 / sqrt(C)`` (unit norm on average): unit-variance channels with the
             paper's output learning rate (1e-2) made the softmax collapse on the demo set
-            (2026-11-29: KL 21.6). ``scripts/train_theme_roi.py`` turns it on with a frozen
+            (2026-11-29: KL 21.6). :func:`ku.pipelines.theme_roi.run_theme_roi` turns it on with a frozen
             backbone (the demo without ImageNet weights: :func:`fit_theme_roi_head`).
         pooling: deprecated name of ``roi_op`` (``"roi"`` = ``"pool"``, ``"align"``); warns.
 
