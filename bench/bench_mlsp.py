@@ -32,7 +32,7 @@ def bench_extraction(ids, work):
     from ku.models.mlsp import mlsp_extractor
 
     keras.utils.set_random_seed(0)
-    extractor = mlsp_extractor("inception_resnet_v2", weights=None, pooling="wide")
+    extractor = mlsp_extractor("inception_resnet_v2", weights=None, features="wide")
     bare = keras.applications.InceptionResNetV2(include_top=False, weights=None,
                                                 input_shape=(None, None, 3))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["EXIT_USAGE", "HELP_FLAGS", "run"]
+__all__ = ["EXIT_USAGE", "HELP_FLAGS", "deprecated_flag", "run"]
 
 #: Exit status for bad arguments or unusable inputs (the same as ``ku.cli.EXIT_USAGE``).
 EXIT_USAGE = 2
@@ -51,3 +51,18 @@ def run(main, argv=None) -> None:
             print(e.code, file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USAGE) from None
         raise
+
+
+def deprecated_flag(flag_values, old: str, new: str, values: dict | None = None) -> None:
+    """Map the deprecated flag ``--old`` to ``--new``: when ``--old`` is on the command line, print
+    a one-line warning on stderr and set ``--new`` from it (``values`` maps old values to new
+    ones). Both given: ``SystemExit("error: ...")`` (exit status 2 under :func:`run`). Call it at
+    the start of the script's ``main``; the old flag is defined beside the new one with the
+    default None."""
+    if not flag_values[old].present:
+        return
+    if flag_values[new].present:
+        raise SystemExit(f"error: --{old} is the deprecated name of --{new}: give only --{new}")
+    value = flag_values[old].value
+    print(f"warning: --{old} is deprecated, use --{new}", file=sys.stderr, flush=True)
+    setattr(flag_values, new, (values or {}).get(value, value))

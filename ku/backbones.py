@@ -441,7 +441,7 @@ def backbone_record_path(model_path) -> Path:
 def save_backbone_record(model_path, store_attrs) -> Path:
     """Write the backbone record of the features ``model_path`` (a head, or a model built on it)
     was trained on next to it (:func:`backbone_record_path`), so that whoever loads the file can
-    pair it with the same backbone: ``ku predict --weights head.keras`` checks it with
+    pair it with the same backbone: ``ku predict --head-weights head.keras`` checks it with
     :func:`check_same_backbone` and takes the recorded seed for ``--backbone-weights none``.
 
     Args:

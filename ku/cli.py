@@ -18,8 +18,8 @@ Run as ``ku ...`` (console script) or ``python -m ku.cli ...``. ``ku --help`` an
 ``ku export``
     Write a SavedModel (:func:`ku.export.export_saved_model`) that needs neither ku nor Keras.
 
-Models (``--model``): a short name with ``--weights`` (the head's weights), or a ``.keras`` file of
-a whole image model (image 0..255 -> score). ``--weights released`` with ``mlsp-pool3fc`` /
+Models (``--model``): a short name with ``--head-weights`` (the head's weights), or a ``.keras`` file of
+a whole image model (image 0..255 -> score). ``--head-weights released`` with ``mlsp-pool3fc`` /
 ``mlsp-single3fc`` takes the paper's released head (:mod:`ku.models.released`: downloaded once into
 Keras' cache, size and sha256 checked; offline, an error says what to download and where to put
 it). Nothing else is downloaded: ImageNet backbone weights are taken from Keras' cache
@@ -81,7 +81,7 @@ class UsageError(ValueError):
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A model selectable by a short name (``ku predict --model <name> --weights <file>``).
+    """A model selectable by a short name (``ku predict --model <name> --head-weights <file>``).
 
     Attributes:
         family: :mod:`ku.export` family.
@@ -153,7 +153,7 @@ def _backbone_weights(args, backbone):
 
 
 def _load_head_weights(head_path: Path, build_head, feature_shape):
-    """A head from ``--weights``: a ``.keras`` head model, Keras 3 ``.weights.h5`` or a Keras 2
+    """A head from ``--head-weights``: a ``.keras`` head model, Keras 3 ``.weights.h5`` or a Keras 2
     (released ava-mlsp) ``.h5`` weights file."""
     import keras
 
@@ -167,7 +167,7 @@ def _load_head_weights(head_path: Path, build_head, feature_shape):
         got = tuple(head.input_shape[1:]) if not isinstance(head.input_shape, list) else None
         if got is None or len(got) != len(want) or any(
                 g is not None and g != w for g, w in zip(got, want)):
-            raise UsageError("--weights", f"{str(head_path)!r} is a head on features {got}, but "
+            raise UsageError("--head-weights", f"{str(head_path)!r} is a head on features {got}, but "
                                           f"this --model/--backbone gives features {want}")
         return head
     head = build_head()
@@ -175,7 +175,7 @@ def _load_head_weights(head_path: Path, build_head, feature_shape):
         try:
             head.load_weights(head_path)
         except Exception as e:  # noqa: BLE001 (name the file)
-            raise UsageError("--weights", f"{str(head_path)!r} does not fit head {head.name!r} "
+            raise UsageError("--head-weights", f"{str(head_path)!r} does not fit head {head.name!r} "
                                           f"(check --output / --n-bins / --backbone): "
                                           f"{_short_reason(e)}") from None
         return head
@@ -183,9 +183,9 @@ def _load_head_weights(head_path: Path, build_head, feature_shape):
         try:
             load_released_weights(head, head_path)
         except ValueError as e:
-            raise UsageError("--weights", str(e)) from None
+            raise UsageError("--head-weights", str(e)) from None
         return head
-    raise UsageError("--weights", f"{str(head_path)!r}: expected a .keras, .weights.h5 or released "
+    raise UsageError("--head-weights", f"{str(head_path)!r}: expected a .keras, .weights.h5 or released "
                                   ".h5 file")
 
 
@@ -198,12 +198,12 @@ def _short_reason(e: Exception) -> str:
 
 
 def _released_weights(args, backbone) -> Path:
-    """``--weights released``: the ava-mlsp file of ``--model`` from Keras' cache, downloaded and
+    """``--head-weights released``: the ava-mlsp file of ``--model`` from Keras' cache, downloaded and
     checked (:mod:`ku.models.released`) when missing."""
     from ku.models.released import RELEASED, ReleasedWeightsError, released_weights_path
 
     if args.model not in RELEASED:
-        raise UsageError("--weights", f"no released weights for --model {args.model} (released: "
+        raise UsageError("--head-weights", f"no released weights for --model {args.model} (released: "
                                       f"{', '.join(RELEASED)})")
     if backbone != RELEASED[args.model].backbone:
         raise UsageError("--backbone", f"the released {args.model} was trained on "
@@ -211,7 +211,7 @@ def _released_weights(args, backbone) -> Path:
     try:
         return released_weights_path(args.model, echo=lambda text: _echo(args, text))
     except ReleasedWeightsError as e:
-        raise UsageError("--weights", f"released weights: {e}") from None
+        raise UsageError("--head-weights", f"released weights: {e}") from None
 
 
 def _build_mlsp(args, head_name, pooling):
@@ -221,16 +221,16 @@ def _build_mlsp(args, head_name, pooling):
     from ku.pipelines.mlsp import build_head
 
     backbone = args.backbone or MODELS[args.model].backbone
-    if not args.weights:
-        raise UsageError("--weights", f"--model {args.model} needs --weights <head weights file> "
+    if not args.head_weights:
+        raise UsageError("--head-weights", f"--model {args.model} needs --head-weights <head weights file> "
                                       "(.keras head, .weights.h5, a released ava-mlsp .h5, or "
                                       "'released' for mlsp-pool3fc / mlsp-single3fc)")
-    if args.weights.lower() == "released":
+    if args.head_weights.lower() == "released":
         head_path = _released_weights(args, backbone)
     else:
-        head_path = Path(args.weights).expanduser()
+        head_path = Path(args.head_weights).expanduser()
     if not head_path.is_file():
-        raise UsageError("--weights", f"no such file: {args.weights!r}")
+        raise UsageError("--head-weights", f"no such file: {args.head_weights!r}")
     channels = sum(mlsp_block_channels(backbone))
     feature_shape = (5, 5, channels) if pooling == "wide" else (channels,)
     output = args.output or "mos"
@@ -240,14 +240,14 @@ def _build_mlsp(args, head_name, pooling):
         return build_head(head_name, feature_shape, backbone=backbone, output=output, n_bins=n_bins)
 
     head = _load_head_weights(head_path, new_head, feature_shape)
-    record = _backbone_record(head_path, "--weights")
+    record = _backbone_record(head_path, "--head-weights")
     weights = _backbone_weights(args, backbone)
     seed = _backbone_seed(args, record, random=weights is None)
-    extractor = mlsp_extractor(backbone, pooling=pooling, backbone_model=build_backbone(
+    extractor = mlsp_extractor(backbone, features=pooling, backbone_model=build_backbone(
         backbone, weights=weights, seed=seed))
     if record is not None:
         try:
-            check_same_backbone(record, extractor, what=f"--weights {str(head_path)!r}")
+            check_same_backbone(record, extractor, what=f"--head-weights {str(head_path)!r}")
         except BackboneMismatchError as e:
             raise UsageError("--backbone-weights/--backbone-seed", str(e)) from None
     model = mlsp_end_to_end(extractor, head, name=f"{args.model}_{backbone}")
@@ -283,7 +283,7 @@ def _backbone_seed(args, record, random: bool) -> int:
 
 
 def load_model(args):
-    """``(keras.Model, family)`` for parsed ``--model`` / ``--weights`` / ... arguments.
+    """``(keras.Model, family)`` for parsed ``--model`` / ``--head-weights`` / ... arguments.
 
     Raises:
         UsageError: naming the argument (unknown name, missing or unfitting file).
@@ -300,7 +300,7 @@ def load_model(args):
                                             "none; a .keras model holds its backbone's weights")
     path = Path(args.model).expanduser()
     if path.name.lower().endswith(".weights.h5"):
-        raise UsageError("--model", f"{args.model!r} is a weights file: pass it as --weights "
+        raise UsageError("--model", f"{args.model!r} is a weights file: pass it as --head-weights "
                                     f"with a short --model ({', '.join(MODELS)})")
     if not path.name.lower().endswith((".keras", ".h5", ".hdf5")):
         raise UsageError("--model", f"unknown model {args.model!r}; choose a short name "
@@ -318,15 +318,15 @@ def load_model(args):
     if len(first) != 4 or first[-1] != 3:
         raise UsageError("--model", f"{str(path)!r} takes input {shape}, not images (batch, height, "
                                     "width, 3); for a head trained on features use --model "
-                                    "mlsp-<head> --weights <head file>")
-    if args.weights:
+                                    "mlsp-<head> --head-weights <head file>")
+    if args.head_weights:
         try:
-            model.load_weights(Path(args.weights).expanduser())
+            model.load_weights(Path(args.head_weights).expanduser())
         except Exception as e:  # noqa: BLE001
-            raise UsageError("--weights", f"cannot load {args.weights!r} into {model.name!r}: "
+            raise UsageError("--head-weights", f"cannot load {args.head_weights!r} into {model.name!r}: "
                                           f"{_short_reason(e)}") from None
     record = _backbone_record(path, "--model")
-    if record is not None and not args.weights:  # which backbone, for the export's metadata
+    if record is not None and not args.head_weights:  # which backbone, for the export's metadata
         model.ku_seed = record.get("backbone_seed")
         model.ku_weights = record.get("weights")
     from ku.export import guess_family
@@ -828,7 +828,7 @@ def _cmd_predict(args) -> int:
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     model, family = load_model(args)
     module = _module_for(args, model, family)
-    run_info = {"model": args.model, "weights": args.weights, "backbone": args.backbone,
+    run_info = {"model": args.model, "weights": args.head_weights, "backbone": args.backbone,
                 "backbone_weights": args.backbone_weights,
                 "backbone_seed": getattr(model, "ku_seed", None), "family": family,
                 "model_name": model.name, "min_side": module.min_side, "max_side": module.max_side,
@@ -990,15 +990,17 @@ def _add_model_args(p):
     g = p.add_argument_group("model")
     names = "\n".join(f"  {k}: {v.description}" for k, v in MODELS.items())
     g.add_argument("--model", required=True, metavar="NAME|FILE",
-                   help="a short name (with --weights) or a .keras file of a whole image model "
+                   help="a short name (with --head-weights) or a .keras file of a whole image model "
                         "(image 0..255 -> score). Short names: " + ", ".join(MODELS))
-    g.add_argument("--weights", metavar="FILE",
+    g.add_argument("--head-weights", "--head_weights", dest="head_weights", metavar="FILE",
                    help="weights of the head for a short --model: a .keras head (e.g. "
                         "runs/.../head.keras from scripts/train_mlsp.py), a .weights.h5 file, a "
                         "released ava-mlsp model_best_weights.h5, or 'released' (mlsp-pool3fc / "
                         "mlsp-single3fc: the paper's released file, downloaded once from the "
                         "ava-mlsp repository into Keras' cache and checked by size and sha256). "
                         "For a .keras --model: optional weights to load into it.")
+    g.add_argument("--weights", dest="deprecated_weights", metavar="FILE",
+                   help="deprecated: use --head-weights (the same meaning)")
     g.add_argument("--backbone", choices=["inception_resnet_v2", "inception_v3"],
                    help="backbone of a short --model (default: the one of the released model, "
                         "inception_resnet_v2)")
@@ -1009,7 +1011,7 @@ def _add_model_args(p):
                         ".weights.h5 file (default: imagenet)")
     g.add_argument("--backbone-seed", type=_non_negative_int, metavar="N",
                    help="seed of the random backbone of --backbone-weights none (default: the "
-                        "seed recorded next to a --weights head as <stem>.backbone.json, else 0); "
+                        "seed recorded next to a --head-weights head as <stem>.backbone.json, else 0); "
                         "a head trained on a random backbone is refused with any other")
     g.add_argument("--output", choices=["mos", "distribution"],
                    help="what a weights-only head predicts (default mos; ignored for .keras "
@@ -1176,6 +1178,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     prog = f"ku {args.command}"
+    if getattr(args, "deprecated_weights", None) is not None:
+        if args.head_weights is not None:
+            print(f"{prog}: error: argument --weights: the deprecated name of --head-weights; "
+                  "give only --head-weights", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{prog}: warning: --weights is deprecated, use --head-weights", file=sys.stderr)
+        args.head_weights = args.deprecated_weights
     try:
         if args.command in _TF_COMMANDS:
             _import_tensorflow(args.verbose)

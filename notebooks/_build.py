@@ -69,8 +69,8 @@ augmentations. Here: Inception-v3, narrow (global average pooled) features, Sing
 InceptionResNet-v2 wide features with Pool-3FC (full).'''),
     code('''from ku.pipelines.mlsp import run_mlsp
 from ku.evaluation import format_table
-cfg = dict(backbone="inception_v3", pooling="narrow", head="single1fc", batch_size=8, max_epochs=2) if FAST \\
-    else dict(backbone="inception_resnet_v2", pooling="wide", head="pool3fc", batch_size=16, max_epochs=16)
+cfg = dict(backbone="inception_v3", features="narrow", head="single1fc", batch_size=8, max_epochs=2) if FAST \\
+    else dict(backbone="inception_resnet_v2", features="wide", head="pool3fc", batch_size=16, max_epochs=16)
 result = run_mlsp(ids, WORK / "quickstart", verbose=0, **cfg)
 print(format_table(result.table))'''),
     code('''from ku.plots import scatter_predictions
@@ -87,7 +87,7 @@ from ku.data.store import FeatureStore
 head = keras.models.load_model(result.run_dir / "head.keras")
 # The head only makes sense on the backbone its training features came from: ImageNet weights, or
 # (offline) the same seeded random network, which build_backbone gives in every process (seed 0).
-extractor = mlsp_extractor(cfg["backbone"], weights=resolve_weights(cfg["backbone"], "auto"), pooling=cfg["pooling"])
+extractor = mlsp_extractor(cfg["backbone"], weights=resolve_weights(cfg["backbone"], "auto"), features=cfg["features"])
 with FeatureStore(result.store_path) as store:
     check_same_backbone(store.attrs, extractor)  # raises BackboneMismatchError for another backbone
 model = mlsp_end_to_end(extractor, head)
@@ -113,7 +113,7 @@ This notebook runs each step on the bundled demo set (FAST: a tiny configuration
     code(SETUP),
     code('''from ku.data.demo import load_demo
 ids = load_demo(n_images=32 if FAST else 240, seed=0, root=WORK / "demo", val_fraction=0.2 if FAST else 0.15)
-BACKBONE, POOLING, HEAD = ("inception_v3", "narrow", "single3fc") if FAST else ("inception_resnet_v2", "wide", "pool3fc")
+BACKBONE, FEATURES, HEAD = ("inception_v3", "narrow", "single3fc") if FAST else ("inception_resnet_v2", "wide", "pool3fc")
 ids.groupby("set")["mos"].describe()'''),
     md('''## 1. The backbone and its taps
 `build_backbone` wraps `keras.applications` so the model takes 0..255 RGB of any size and
@@ -125,7 +125,7 @@ weights = resolve_weights(BACKBONE, "auto")
 taps = mlsp_tap_names(BACKBONE)
 print(len(taps), "taps,", sum(mlsp_block_channels(BACKBONE)), "channels; first/last:", taps[:3], taps[-2:])'''),
     code('''from ku.models.mlsp import mlsp_extractor
-extractor = mlsp_extractor(BACKBONE, weights=weights, pooling=POOLING)
+extractor = mlsp_extractor(BACKBONE, weights=weights, features=FEATURES)
 print(extractor.name, "output", extractor.output_shape)'''),
     md('''## 2. Wide pooling is OpenCV's area interpolation
 `AreaPooling2D` resizes a feature map to 5x5 exactly like `cv2.resize(..., INTER_AREA)`; here on
@@ -141,9 +141,9 @@ Resumable: re-running continues after the last complete row; a killed run leaves
 rows. One corrupt image is reported and skipped.'''),
     code('''from ku.extraction import extract_features
 from ku.data.store import FeatureStore
-store_path = WORK / f"hosu_{BACKBONE}_{POOLING}.h5"
+store_path = WORK / f"hosu_{BACKBONE}_{FEATURES}.h5"
 t = time.time()
-report = extract_features(ids, store_path, extractor, attrs={"backbone": BACKBONE, "pooling": POOLING}, progress=False)
+report = extract_features(ids, store_path, extractor, attrs={"backbone": BACKBONE, "pooling": FEATURES}, progress=False)
 print(report.summary(), f"({time.time() - t:.0f} s)")
 with FeatureStore(store_path) as store:
     print("store:", store.feature_shape, "x", store.n_augmentations, "augmentations; attrs:",
@@ -178,7 +178,7 @@ generated images.'''),
 test_ids = sets["test"]["image_id"].astype(str).tolist()
 y_pred = np.ravel(predict_augmented(head, store_path, test_ids))
 y_true = sets["test"]["mos"].to_numpy(float)
-table = report_table(y_true, y_pred, paper_rows=("Pool-3FC (*)", "Single-3FC (*)"), label=f"ku {HEAD} {POOLING} (demo)")
+table = report_table(y_true, y_pred, paper_rows=("Pool-3FC (*)", "Single-3FC (*)"), label=f"ku {HEAD} {FEATURES} (demo)")
 print(format_table(table))'''),
     code('''from ku.plots import scatter_predictions
 scatter_predictions(y_true, y_pred, title="demo test set", threshold=5); plt.show()'''),

@@ -5,7 +5,7 @@ continues after the last complete row; --shard=k/n extracts one part into its ow
 --merge joins shard files into one store.
 
 Examples:
-  python scripts/extract_mlsp.py --ava_root=/data/AVA --pooling=wide --out=features/irnv2_wide.h5
+  python scripts/extract_mlsp.py --ava_root=/data/AVA --features=wide --out=features/irnv2_wide.h5
   python scripts/extract_mlsp.py --ava_root=/data/AVA --shard=0/4 --out=features/irnv2_wide.h5
   python scripts/extract_mlsp.py --merge=features/irnv2_wide.shard-*.h5 --out=features/irnv2_wide.h5
 """
@@ -19,7 +19,7 @@ import train_mlsp  # noqa: F401  (defines the data flags: --ava_root, --labels_c
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output feature store (.h5). Default: "
-                    "features/mlsp_<backbone>_<pooling>_<weights>_<data>.h5")
+                    "features/mlsp_<backbone>_<features>_<weights>_<data>.h5")
 flags.DEFINE_string("shard", None, "k/n: extract only shard k (0-based) of n, into "
                     "<out>.shard-KK-of-NN.h5")
 flags.DEFINE_string("merge", None, "Glob (or comma-separated list) of shard files to merge into "
@@ -61,6 +61,7 @@ def main(argv):
         except (ValueError, OSError) as e:
             train_mlsp.fail(str(e))
         return
+    train_mlsp.map_deprecated_flags()
     # cheap checks first: a bad flag must not cost a backbone build or a dataset scan
     shard = parse_shard(FLAGS.shard) if FLAGS.shard else None
     train_mlsp.check_data_flags()
@@ -75,18 +76,18 @@ def main(argv):
     from ku.pipelines.mlsp import resolve_weights
 
     keras.utils.set_random_seed(FLAGS.seed)
-    pooling = FLAGS.pooling or "wide"
-    w = resolve_weights(FLAGS.backbone, FLAGS.weights)
+    features = FLAGS.features or "wide"
+    w = resolve_weights(FLAGS.backbone, FLAGS.backbone_weights)
     wname = "imagenet" if w == "imagenet" else ("random" if w is None else Path(str(w)).stem)
-    out = Path(FLAGS.out or f"features/mlsp_{FLAGS.backbone}_{pooling}_{wname}_{data_name}.h5")
+    out = Path(FLAGS.out or f"features/mlsp_{FLAGS.backbone}_{features}_{wname}_{data_name}.h5")
     if shard:
         out = shard_path(out, shard)
     out.parent.mkdir(parents=True, exist_ok=True)
-    extractor = mlsp_extractor(FLAGS.backbone, weights=w, pooling=pooling)
+    extractor = mlsp_extractor(FLAGS.backbone, weights=w, features=features)
     try:
         report = extract_features(
             ids, out, extractor, augmentations=hosu_augmentations(FLAGS.include_original),
-            shard=shard, attrs={"backbone": FLAGS.backbone, "weights": wname, "pooling": pooling},
+            shard=shard, attrs={"backbone": FLAGS.backbone, "weights": wname, "pooling": features},
             resume=FLAGS.resume, progress=FLAGS.verbose > 0, max_pixels=FLAGS.max_pixels or None,
             flush_every=FLAGS.flush_every)
     except (ValueError, OSError) as e:  # a store made with other settings, a full disk (names the file)

@@ -33,7 +33,8 @@ flags.DEFINE_string("images", None, "An image file, a folder (searched recursive
 flags.DEFINE_string("out", "predictions.csv", "Output CSV: image_path, mos.")
 flags.DEFINE_enum("backbone", "inception_resnet_v2", ["inception_resnet_v2", "inception_v3"],
                   "Backbone the head was trained on.")
-flags.DEFINE_string("weights", "imagenet", "Backbone weights: imagenet | auto | none | path.")
+flags.DEFINE_string("backbone_weights", "imagenet", "Backbone weights: imagenet | auto | none | path.")
+flags.DEFINE_string("weights", None, "Deprecated: use --backbone_weights.")
 flags.DEFINE_integer("seed", 0, "Seed (only matters for a random backbone).")
 flags.DEFINE_integer("max_pixels", 50_000_000, "Skip (and report) images with more pixels than "
                      "this (read from the header, before decoding); 0 = no limit.", lower_bound=0)
@@ -57,6 +58,9 @@ def check_writable(path, flag):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from ku import absl_app
+
+    absl_app.deprecated_flag(FLAGS, "weights", "backbone_weights")
     for name in ("head_path", "images"):
         if not getattr(FLAGS, name) and not (name == "head_path" and FLAGS.released):
             raise app.UsageError(f"--{name} is required")
@@ -111,9 +115,9 @@ def main(argv):
             head = keras.models.load_model(head_path)
     except Exception as e:  # not a Keras file, truncated, wrong released layout, ...
         raise SystemExit(f"error: --head_path={head_path}: cannot load the head: {type(e).__name__}: {e}")
-    pooling = "wide" if len(head.input_shape) == 4 else "narrow"
-    extractor = mlsp_extractor(FLAGS.backbone, weights=resolve_weights(FLAGS.backbone, FLAGS.weights),
-                               pooling=pooling)
+    features = "wide" if len(head.input_shape) == 4 else "narrow"
+    extractor = mlsp_extractor(FLAGS.backbone, weights=resolve_weights(FLAGS.backbone, FLAGS.backbone_weights),
+                               features=features)
     try:
         model = mlsp_end_to_end(extractor, head)
     except ValueError as e:  # the head was trained on other features (names both shapes)
@@ -122,7 +126,7 @@ def main(argv):
     module = make_scoring_module(model, family="mlsp", min_side=BACKBONES[FLAGS.backbone].min_size)
     items = [(p.stem, str(p), 0) for p in paths]
     run_info = {"script": "predict_mlsp", "head_path": str(head_path.absolute()),
-                "released": FLAGS.released, "backbone": FLAGS.backbone, "weights": FLAGS.weights,
+                "released": FLAGS.released, "backbone": FLAGS.backbone, "weights": FLAGS.backbone_weights,
                 "seed": FLAGS.seed, "max_pixels": FLAGS.max_pixels}
     Path(FLAGS.out).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
     journal = _RowJournal(Path(FLAGS.out).expanduser(), ["image_path", "mos"], run_info)

@@ -5,8 +5,8 @@ AVA (AVA.txt, challenges.txt, images/, aesthetics_image_lists/generic_test.jpgl)
 paper's split (official test list; the rest 95% training / 5% validation).
 
 Examples:
-  python scripts/train_mlsp.py --head=single3fc --pooling=narrow
-  python scripts/train_mlsp.py --head=pool3fc --ava_root=/data/AVA --weights=imagenet
+  python scripts/train_mlsp.py --head=single3fc --features=narrow
+  python scripts/train_mlsp.py --head=pool3fc --ava_root=/data/AVA --backbone_weights=imagenet
 """
 import os
 import sys
@@ -22,13 +22,15 @@ flags.DEFINE_string("labels_csv", None, "A plain CSV of labels instead of AVA (c
 flags.DEFINE_string("images_dir", None, "Image folder for --labels_csv (default: next to it).")
 flags.DEFINE_enum("head", "pool3fc", ["single1fc", "single3fc", "single3fc_do", "multi3fc", "pool3fc"],
                   "Head of Table 1 (paper 3.2). single3fc_do = Single-3FC (+do), dropout .5/.5/.75.")
-flags.DEFINE_enum("pooling", None, ["wide", "narrow"], "MLSP pooling: wide = 5x5 area resize, "
+flags.DEFINE_enum("features", None, ["wide", "narrow"], "MLSP features: wide = 5x5 area resize, "
                   "narrow = global average (paper 3.1). Default: wide for pool3fc, else narrow.")
+flags.DEFINE_enum("pooling", None, ["wide", "narrow"], "Deprecated: use --features.")
 flags.DEFINE_enum("backbone", "inception_resnet_v2", ["inception_resnet_v2", "inception_v3"],
                   "ImageNet backbone whose inception blocks are tapped (paper 3.1).")
-flags.DEFINE_string("weights", "auto", "Backbone weights: 'imagenet' (error if unavailable), "
-                    "'auto' (ImageNet if available, else a random backbone, announced), 'none', "
-                    "or a path to a weights file.")
+flags.DEFINE_string("backbone_weights", "auto", "Backbone weights: 'imagenet' (error if "
+                    "unavailable), 'auto' (ImageNet if available, else a random backbone, announced), "
+                    "'none', or a path to a weights file.")
+flags.DEFINE_string("weights", None, "Deprecated: use --backbone_weights.")
 flags.DEFINE_enum("target", "mos", ["mos", "distribution"], "Predict the MOS with MSE (paper) or "
                   "the 10-bin distribution with a softmax output and EMD loss.")
 flags.DEFINE_integer("batch_size", None, "Batch size on features (paper 3.3: 128; demo: 16, "
@@ -58,6 +60,14 @@ def fail(message):
     """Stop with ``error: message`` on stderr and exit status 2 (``ku.absl_app.run``; no
     traceback, no flag help)."""
     raise SystemExit(f"error: {message}")
+
+
+def map_deprecated_flags():
+    """--weights -> --backbone_weights, --pooling -> --features (warned; ku.absl_app)."""
+    from ku import absl_app
+
+    absl_app.deprecated_flag(FLAGS, "weights", "backbone_weights")
+    absl_app.deprecated_flag(FLAGS, "pooling", "features")
 
 
 def check_writable(path, flag, folder=False):
@@ -124,7 +134,8 @@ def _load_ids():
                      val_fraction=FLAGS.val_fraction or 0.15), "demo"
 
 
-def run(head=None, pooling=None):
+def run(head=None, features=None):
+    map_deprecated_flags()
     check_data_flags()  # cheap checks before TensorFlow is imported
     if FLAGS.work_dir:
         check_writable(FLAGS.work_dir, "work_dir", folder=True)
@@ -148,7 +159,7 @@ def run(head=None, pooling=None):
     # the feature store instead of finding features of a different random network.
     keras.utils.set_random_seed(FLAGS.seed)
     head = head or FLAGS.head
-    pooling = pooling or FLAGS.pooling or ("wide" if head == "pool3fc" else "narrow")
+    features = features or FLAGS.features or ("wide" if head == "pool3fc" else "narrow")
     ids, data_name = load_ids()
     demo = data_name == "demo"
     counts = ids["set"].value_counts().to_dict()
@@ -156,12 +167,12 @@ def run(head=None, pooling=None):
     schedule = paper_schedule(
         stage_epochs=FLAGS.stage_epochs or (6 if demo else 20),
         patience=FLAGS.patience or (3 if demo else 5))
-    work_dir = Path(FLAGS.work_dir or f"runs/{head}_{pooling}_{data_name}")
+    work_dir = Path(FLAGS.work_dir or f"runs/{head}_{features}_{data_name}")
     if demo and not FLAGS.stage_epochs:
         print("demo set: shortened schedule (stages of 6 epochs, patience 3, batch 16; "
               "paper: 20, 5, 128)")
-    res = run_mlsp(ids, work_dir, backbone=FLAGS.backbone, weights=FLAGS.weights,
-                   pooling=pooling, head=head,
+    res = run_mlsp(ids, work_dir, backbone=FLAGS.backbone, backbone_weights=FLAGS.backbone_weights,
+                   features=features, head=head,
                    batch_size=FLAGS.batch_size or (16 if demo else 128),
                    max_epochs=FLAGS.max_epochs or (16 if demo else 60), schedule=schedule,
                    seed=FLAGS.seed, target=FLAGS.target, resume=FLAGS.resume,

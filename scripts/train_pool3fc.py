@@ -16,7 +16,7 @@ import train_mlsp
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train_mlsp.run(head="pool3fc", pooling="wide")
+    train_mlsp.run(head="pool3fc", features="wide")
 
 
 if __name__ == "__main__":

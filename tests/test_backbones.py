@@ -252,13 +252,13 @@ def test_head_refuses_another_backbone(iv3):
     from ku.extraction import extractor_fingerprint
     from ku.models.mlsp import mlsp_extractor
 
-    ext = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=iv3)
+    ext = mlsp_extractor("inception_v3", features="narrow", backbone_model=iv3)
     # the fingerprint the feature store records is the one checked
     assert extractor_fingerprint(ext) == bb.weights_fingerprint(ext)
     attrs = {"backbone": "inception_v3", "weights": "random", "backbone_seed": 0,
              "extractor_sha256": extractor_fingerprint(ext)}
     bb.check_same_backbone(attrs, ext)  # same backbone: fine
-    other = mlsp_extractor("inception_v3", pooling="narrow",
+    other = mlsp_extractor("inception_v3", features="narrow",
                            backbone_model=build_backbone("inception_v3", weights=None, seed=7))
     with pytest.raises(bb.BackboneMismatchError, match=r"weights=None, seed=0"):
         bb.check_same_backbone(attrs, other)
@@ -283,7 +283,7 @@ def seeded_store(tmp_path_factory, iv3):
     d = tmp_path_factory.mktemp("seeded")
     img = np.random.default_rng(0).integers(0, 255, (96, 104, 3), dtype=np.uint8)
     cv2.imwrite(str(d / "a.png"), img)
-    seeded = mlsp_extractor("inception_v3", pooling="narrow",
+    seeded = mlsp_extractor("inception_v3", features="narrow",
                             backbone_model=build_backbone("inception_v3", weights=None, seed=SEED))
     assert bb.backbone_seed(seeded) == SEED and seeded.ku_weights == "random"
     report = extract_features({"a": str(d / "a.png")}, d / "feats.h5", seeded,
@@ -306,7 +306,7 @@ def test_store_records_the_backbone_seed(seeded_store, iv3):
     attrs = seeded_store["attrs"]
     assert int(attrs["backbone_seed"]) == SEED
     bb.check_same_backbone(attrs, seeded_store["extractor"])  # the same seeded backbone: fine
-    default = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=iv3)  # seed 0
+    default = mlsp_extractor("inception_v3", features="narrow", backbone_model=iv3)  # seed 0
     with pytest.raises(bb.BackboneMismatchError) as e:
         bb.check_same_backbone(attrs, default, what="the test head")
     msg = str(e.value)
@@ -338,7 +338,7 @@ def test_cli_random_backbone_takes_the_recorded_seed(seeded_store):
     from ku import cli
 
     head = str(seeded_store["dir"] / "head.keras")
-    common = ["--model", "mlsp-single1fc", "--backbone", "inception_v3", "--weights", head,
+    common = ["--model", "mlsp-single1fc", "--backbone", "inception_v3", "--head-weights", head,
               "--backbone-weights", "none", "-q"]
     model, family = cli.load_model(_cli_args(*common))
     assert family == "mlsp" and model.ku_seed == SEED and model.ku_weights == "random"
@@ -347,5 +347,5 @@ def test_cli_random_backbone_takes_the_recorded_seed(seeded_store):
     assert "--backbone-seed" in e.value.argument and f"--backbone-seed {SEED}" in str(e.value)
     with pytest.raises(cli.UsageError, match="only applies with --backbone-weights none"):
         cli.load_model(_cli_args("--model", "mlsp-single1fc", "--backbone", "inception_v3",
-                                 "--weights", head, "--backbone-weights", str(head),
+                                 "--head-weights", head, "--backbone-weights", str(head),
                                  "--backbone-seed", "1"))

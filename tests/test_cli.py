@@ -45,7 +45,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli_model")
     backbone = build_backbone("inception_v3", weights=None)
     backbone.save_weights(d / "backbone.weights.h5")
-    extractor = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=backbone)
+    extractor = mlsp_extractor("inception_v3", features="narrow", backbone_model=backbone)
     head = heads.single_1fc(extractor.output.shape[-1], output="distribution", n_bins=10)
     dense = head.get_layer("head_out")
     kernel, bias = dense.get_weights()
@@ -125,7 +125,7 @@ def test_predict_folder_skips_and_reports_corrupt_image(files, folder, tmp_path,
 
 
 def test_predict_short_name_weights_files_csv_to_json(files, folder, tmp_path, no_network):
-    """--model mlsp-single1fc + --weights head + --backbone-weights file, over a CSV with
+    """--model mlsp-single1fc + --head-weights head + --backbone-weights file, over a CSV with
     relative paths and one missing file; JSON output; a good-only rerun exits 0 and removes
     the stale errors file."""
     csv = folder / "list.csv"
@@ -135,7 +135,7 @@ def test_predict_short_name_weights_files_csv_to_json(files, folder, tmp_path, n
     out = tmp_path / "preds.json"
     common = ["--model", "mlsp-single1fc", "--backbone", "inception_v3",
               "--backbone-weights", str(files["dir"] / "backbone.weights.h5"),
-              "--weights", str(files["dir"] / "head.weights.h5"), "--output", "distribution",
+              "--head-weights", str(files["dir"] / "head.weights.h5"), "--output", "distribution",
               "--out", str(out), "--quiet"]
     rc = cli.main(["predict", str(csv)] + common)
     assert rc == 3
@@ -154,13 +154,34 @@ def test_predict_short_name_weights_files_csv_to_json(files, folder, tmp_path, n
     assert_close(json.loads(out.read_text())[0]["distribution"], dist[0])
 
 
+def test_deprecated_weights_flag_still_names_the_head_and_warns(files, folder, tmp_path, no_network,
+                                                                capsys):
+    """``--weights``, the old name of ``--head-weights``, scores the same and says it is
+    deprecated (one line on stderr); giving both names is a usage error."""
+    common = ["--model", "mlsp-single1fc", "--backbone", "inception_v3",
+              "--backbone-weights", str(files["dir"] / "backbone.weights.h5"), "--output",
+              "distribution", "--quiet"]
+    head = str(files["dir"] / "head.weights.h5")
+    image = str(folder / "a.jpg")
+    assert cli.main(["predict", image, "--weights", head, "--out", str(tmp_path / "old.csv")] + common) == 0
+    err = capsys.readouterr().err
+    assert "ku predict: warning: --weights is deprecated, use --head-weights" in err, err
+    assert cli.main(["predict", image, "--head-weights", head, "--out", str(tmp_path / "new.csv")] + common) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    old, new = pd.read_csv(tmp_path / "old.csv"), pd.read_csv(tmp_path / "new.csv")
+    assert_close(old["mean_score"], new["mean_score"])
+    rc = cli.main(["predict", image, "--weights", head, "--head-weights", head,
+                   "--out", str(tmp_path / "both.csv")] + common)
+    assert rc == cli.EXIT_USAGE and "give only --head-weights" in capsys.readouterr().err
+
+
 def test_released_keras2_head_file_loads(files):
-    """--weights with a Keras 2 (released ava-mlsp) .h5 goes through load_released_weights."""
+    """--head-weights with a Keras 2 (released ava-mlsp) .h5 goes through load_released_weights."""
     fresh = heads.single_1fc(10048, output="distribution", n_bins=10)
     head = cli._load_head_weights(files["dir"] / "head_keras2.h5", lambda: fresh, (10048,))
     for a, b in zip(head.get_weights(), files["head"].get_weights()):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(cli.UsageError, match="--weights"):
+    with pytest.raises(cli.UsageError, match="--head-weights"):
         cli._load_head_weights(files["dir"] / "head_keras2.h5",
                                lambda: heads.single_1fc(10048, output="mos"), (10048,))
 
@@ -241,16 +262,16 @@ def test_export_then_reload(files, folder, tmp_path, no_network, capsys):
     (["predict", "{folder}", "--model", "{model}", "--out", "{tmp}/p.txt"],
      "argument --out: '{tmp}/p.txt' must end with .csv or .json"),
     (["predict", "{folder}", "--model", "mlsp-pool3fc", "--out", "{tmp}/p.csv"],
-     "argument --weights: --model mlsp-pool3fc needs --weights"),
+     "argument --head-weights: --model mlsp-pool3fc needs --head-weights"),
     (["predict", "{folder}", "--model", "mlsp-single1fc", "--backbone", "inception_v3",
-      "--weights", "{dir}/head.weights.h5", "--output", "distribution",
+      "--head-weights", "{dir}/head.weights.h5", "--output", "distribution",
       "--backbone-weights", "{tmp}/nope.h5", "--out", "{tmp}/p.csv"],
      "argument --backbone-weights: no such file"),
     (["predict", "{folder}", "--model", "mlsp-single1fc", "--backbone", "inception_v3",
-      "--weights", "{dir}/head.weights.h5", "--out", "{tmp}/p.csv"],
+      "--head-weights", "{dir}/head.weights.h5", "--out", "{tmp}/p.csv"],
      "does not fit head 'single_1fc' (check --output / --n-bins / --backbone): ValueError"),
     (["predict", "{folder}", "--model", "{dir}/head.weights.h5", "--out", "{tmp}/p.csv"],
-     "argument --model: '{dir}/head.weights.h5' is a weights file: pass it as --weights"),
+     "argument --model: '{dir}/head.weights.h5' is a weights file: pass it as --head-weights"),
     (["predict", "{folder}", "--model", "{tmp}/gone.keras", "--out", "{tmp}/p.csv"],
      "argument --model: no such file"),
     (["predict", "{folder}", "--out", "{tmp}/p.csv"],
@@ -288,7 +309,7 @@ def test_every_flag_has_help_and_python_m_works():
             assert action.help and len(action.help) > 15, (name, action.dest)
     proc = procs.run(procs.python("-m", "ku.cli", "predict", "--help"))
     assert proc.returncode == 0
-    for flag in ("--model", "--weights", "--backbone-weights", "--out", "--max-side",
+    for flag in ("--model", "--head-weights", "--backbone-weights", "--out", "--max-side",
                  "--path-column", "mlsp-pool3fc"):
         assert flag in proc.stdout
     proc = procs.run(procs.python("-m", "ku.cli", "--help"))

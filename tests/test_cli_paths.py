@@ -79,7 +79,7 @@ def test_missing_imagenet_weights_name_the_flag(tmp_path, monkeypatch, capsys):
 
     cv2.imwrite(str(tmp_path / "img" / "a.png"), make_image(80, 90, 1))
     rc = cli.main(["predict", str(tmp_path / "img"), "--model", "mlsp-single1fc", "--backbone",
-                   "inception_v3", "--weights", str(tmp_path / "head.weights.h5"), "--output",
+                   "inception_v3", "--head-weights", str(tmp_path / "head.weights.h5"), "--output",
                    "distribution", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert rc == 2, err

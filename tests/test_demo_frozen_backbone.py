@@ -17,7 +17,7 @@ def test_train_theme_roi_demo_trains_heads_on_stored_view_features(tmp_path):
 
     make_demo_set(n_images=DEMO_IMAGES, seed=0, theme_effects=0.5)
     work = tmp_path / "work"
-    r = procs.run(procs.python(procs.ROOT / "scripts" / "train_theme_roi.py", "--weights=none", "--canvas=96",
+    r = procs.run(procs.python(procs.ROOT / "scripts" / "train_theme_roi.py", "--backbone_weights=none", "--canvas=96",
                                "--roi_size=36", "--epochs=3", "--augment=flip", "--batch_size=16",
                                f"--demo_images={DEMO_IMAGES}", f"--work_dir={work}", "--verbose=0"),
                   log_dir=tmp_path, name="train_theme_roi")

@@ -90,7 +90,7 @@ def extractor():
     # Inception-v3, random weights (no download), narrow MLSP features (10,048 channels); seeded,
     # so the sensitivity check below does not depend on which tests ran before in this process
     keras.utils.set_random_seed(0)
-    return mlsp_extractor("inception_v3", weights=None, pooling="narrow")
+    return mlsp_extractor("inception_v3", weights=None, features="narrow")
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def dataset(tmp_path_factory):
 
 def _argv(csv, img, out):
     return [f"--labels_csv={csv}", f"--images_dir={img}", f"--out={out}", "--backbone=inception_v3",
-            "--weights=none", "--pooling=narrow", "--verbose=0", "--flush_every=2"]
+            "--backbone_weights=none", "--features=narrow", "--verbose=0", "--flush_every=2"]
 
 
 def _sha(path):

@@ -26,9 +26,9 @@ def backbones():
 @pytest.fixture(scope="session")
 def extractors(backbones):
     return {
-        (name, pooling): mlsp_extractor(name, pooling=pooling, backbone_model=backbones[name])
+        (name, features): mlsp_extractor(name, features=features, backbone_model=backbones[name])
         for name in SUMS
-        for pooling in ("narrow", "wide")
+        for features in ("narrow", "wide")
     }
 
 
@@ -96,7 +96,7 @@ def test_wide_small_image_follows_tf_area(extractors, tap_models):
 
 def test_blocks_subset(backbones, extractors):
     # Table 2 "Single-1FC (5)": only the last 5 Inception-v3 blocks.
-    sub = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=backbones["inception_v3"],
+    sub = mlsp_extractor("inception_v3", features="narrow", backbone_model=backbones["inception_v3"],
                          blocks=range(6, 11))
     x = image(80, 80, seed=4)
     full = run(extractors[("inception_v3", "narrow")], x)
@@ -105,8 +105,17 @@ def test_blocks_subset(backbones, extractors):
     np.testing.assert_array_equal(part, full[:, -part.shape[1]:])
     with pytest.raises(ValueError, match="blocks"):
         mlsp_extractor("inception_v3", backbone_model=backbones["inception_v3"], blocks=[11])
-    with pytest.raises(ValueError, match="pooling"):
-        mlsp_extractor("inception_v3", backbone_model=backbones["inception_v3"], pooling="medium")
+    with pytest.raises(ValueError, match="features"):
+        mlsp_extractor("inception_v3", backbone_model=backbones["inception_v3"], features="medium")
+
+
+def test_deprecated_pooling_keyword_warns_and_means_features(backbones, extractors):
+    """mlsp_extractor(pooling=...), the old name of features=, builds the same extractor."""
+    with pytest.warns(DeprecationWarning, match="features="):
+        old = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=backbones["inception_v3"])
+    assert old.name == "mlsp_narrow_inception_v3"
+    x = image(80, 80, seed=4)
+    np.testing.assert_array_equal(run(old, x), run(extractors[("inception_v3", "narrow")], x))
 
 
 def _dense_head(shape, seed):
@@ -116,9 +125,9 @@ def _dense_head(shape, seed):
     return keras.Model(inp, out, name="tiny_head")
 
 
-@pytest.mark.parametrize("name, pooling", [("inception_v3", "narrow"), ("inception_resnet_v2", "wide")])
-def test_end_to_end_equals_two_stage(extractors, name, pooling):
-    extractor = extractors[(name, pooling)]
+@pytest.mark.parametrize("name, features", [("inception_v3", "narrow"), ("inception_resnet_v2", "wide")])
+def test_end_to_end_equals_two_stage(extractors, name, features):
+    extractor = extractors[(name, features)]
     head = _dense_head(tuple(extractor.output.shape[1:]), seed=5)
     model = mlsp_end_to_end(extractor, head)
     x = image(111, 93, seed=6)
@@ -147,7 +156,7 @@ def test_finetune_model_gradients_reach_backbone(backbones):
     model = finetune_model(
         "inception_v3",
         lambda shape: _dense_head(shape, seed=7),
-        pooling="narrow",
+        features="narrow",
         backbone_model=backbones["inception_v3"],
     )
     assert all(layer.trainable for layer in model.layers)

@@ -24,7 +24,7 @@ def test_run_mlsp_end_to_end_and_resume(tiny_ids, tmp_path):
     import keras
 
     keras.utils.set_random_seed(0)
-    kw = dict(backbone="inception_v3", weights=None, pooling="narrow", head="single1fc",
+    kw = dict(backbone="inception_v3", backbone_weights=None, features="narrow", head="single1fc",
               batch_size=8, max_epochs=2, verbose=0, echo=lambda *a: None)
     res = pipeline.run_mlsp(tiny_ids, tmp_path, schedule=paper_schedule(), **kw)
     n_test = int((tiny_ids["set"] == "test").sum())
@@ -35,8 +35,15 @@ def test_run_mlsp_end_to_end_and_resume(tiny_ids, tmp_path):
     # The head starts at the training mean (bias init), so predictions sit near the data's scale.
     assert abs(np.mean(res.y_pred) - tiny_ids.loc[tiny_ids.set == "training", "mos"].mean()) < 2
     # A second call resumes: the store is complete (nothing re-extracted), training is finished.
+    # It uses the deprecated keywords weights= / pooling=: same store and run, and a warning each.
     keras.utils.set_random_seed(0)
-    res2 = pipeline.run_mlsp(tiny_ids, tmp_path, schedule=paper_schedule(), **kw)
+    old_kw = {k: v for k, v in kw.items() if k not in ("backbone_weights", "features")}
+    with pytest.warns(DeprecationWarning) as caught:
+        res2 = pipeline.run_mlsp(tiny_ids, tmp_path, schedule=paper_schedule(), weights=None,
+                                 pooling="narrow", **old_kw)
+    said = " ".join(str(w.message) for w in caught)
+    assert "use backbone_weights=" in said and "use features=" in said, said
+    assert res2.run_dir == res.run_dir and res2.store_path == res.store_path
     np.testing.assert_allclose(res2.y_pred, res.y_pred, rtol=1e-5, atol=1e-5)
 
 

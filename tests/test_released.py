@@ -1,7 +1,7 @@
 """Download of the released ava-mlsp heads (ku/models/released.py) against a loopback HTTP server
 on 127.0.0.1 (no real network): success, resume of an interrupted transfer with an HTTP Range
 request, a wrong checksum refused and not cached, offline -> what to download and where; the
-CLI's ``--weights released``."""
+CLI's ``--head-weights released``."""
 import hashlib
 import http.server
 import threading
@@ -80,7 +80,9 @@ def spec(monkeypatch, tmp_path, server):
 
 def test_registry_matches_the_released_lfs_pointers():
     wide, narrow = RELEASED["mlsp-pool3fc"], RELEASED["mlsp-single3fc"]
-    assert (wide.folder, wide.size, wide.pooling) == ("irnv2_mlsp_wide_orig", 255_383_120, "wide")
+    assert (wide.folder, wide.size, wide.features) == ("irnv2_mlsp_wide_orig", 255_383_120, "wide")
+    with pytest.warns(DeprecationWarning, match="features"):
+        assert wide.pooling == "wide"  # the old attribute name
     assert wide.sha256 == "47f9a29caed163d9dea2ed15b75aada4477cdb76bc2eac9c55f21dd3573a7a90"
     assert (narrow.folder, narrow.size) == ("irnv2_mlsp_narrow_orig", 148_210_528)
     assert narrow.sha256 == "0121f3235245df3db37e82fc3e5a84e22aaa731f24b3ffd3ea63d421c2b60102"
@@ -160,13 +162,13 @@ def test_cli_weights_released_offline_is_a_usage_error(monkeypatch, tmp_path, ca
     monkeypatch.setenv(released.BASE_URL_ENV, "http://127.0.0.1:9/models")
     monkeypatch.setattr(released.time, "sleep", lambda seconds: None)  # no waits between retries
     (tmp_path / "a.jpg").write_bytes(b"")
-    rc = cli.main(["predict", str(tmp_path / "a.jpg"), "--model", "mlsp-single3fc", "--weights",
+    rc = cli.main(["predict", str(tmp_path / "a.jpg"), "--model", "mlsp-single3fc", "--head-weights",
                    "released", "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "argument --weights" in err and "irnv2_mlsp_narrow_orig/model_best_weights.h5" in err
+    assert "argument --head-weights" in err and "irnv2_mlsp_narrow_orig/model_best_weights.h5" in err
     assert "0121f3235245df3db37e82fc3e5a84e22aaa731f24b3ffd3ea63d421c2b60102" in err
-    rc = cli.main(["predict", str(tmp_path / "a.jpg"), "--model", "mlsp-multi3fc", "--weights",
+    rc = cli.main(["predict", str(tmp_path / "a.jpg"), "--model", "mlsp-multi3fc", "--head-weights",
                    "released", "--out", str(tmp_path / "p.csv")])
     assert rc == 2 and "no released weights for --model mlsp-multi3fc" in capsys.readouterr().err
 

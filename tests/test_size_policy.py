@@ -136,7 +136,7 @@ FAMILY_SWEEP = textwrap.dedent(r"""
         return np.random.default_rng(s).uniform(0, 255, (1, s, s, 3)).astype(np.float32)
 
     def mlsp():
-        ex = mlsp_extractor("inception_v3", pooling="narrow", backbone_model=inception)
+        ex = mlsp_extractor("inception_v3", features="narrow", backbone_model=inception)
         return mlsp_end_to_end(ex, heads.single_1fc(ex.output.shape[-1])), 75, lambda x: x
 
     def apm_():

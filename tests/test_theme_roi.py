@@ -41,7 +41,7 @@ def models(backbone):
     out = {
         "masked": theme_roi_model(canvas=None, roi_size=36, masked=True, backbone=backbone, n_themes=8),
         "plain": theme_roi_model(canvas=None, roi_size=36, masked=False, backbone=backbone, n_themes=8),
-        "align": theme_roi_model(canvas=None, roi_size=36, masked=True, pooling="align", backbone=backbone,
+        "align": theme_roi_model(canvas=None, roi_size=36, masked=True, roi_op="align", backbone=backbone,
                                  n_themes=8),
     }
     for m in out.values():  # same heads everywhere
@@ -111,15 +111,28 @@ def test_variants_build_with_expected_shapes(backbone):
         assert m.get_layer("visual_theme").output.shape == (None, 2048 + 256)
         assert m.output.shape == (None, 10)
         assert [t.name for t in m.inputs] == ["image", "valid_size", "theme"]
-    m = theme_roi_model(canvas=800, roi_size=146, theme=False, n_bins=7, pooling="align", backbone=backbone)
+    m = theme_roi_model(canvas=800, roi_size=146, theme=False, n_bins=7, roi_op="align", backbone=backbone)
     assert [t.name for t in m.inputs] == ["image", "valid_size"]
     assert m.get_layer("roi_align").output.shape == (None, 146, 146, 64)
     assert m.output.shape == (None, 7)
     assert m.get_layer("distribution").input.shape == (None, 2048)
-    with pytest.raises(ValueError, match="pooling"):
-        theme_roi_model(pooling="spp", backbone=backbone)
+    with pytest.raises(ValueError, match="roi_op"):
+        theme_roi_model(roi_op="spp", backbone=backbone)
     with pytest.raises(ValueError, match="canvas"):
         theme_roi_model(canvas=64, backbone=backbone)
+
+
+def test_deprecated_pooling_keyword_warns_and_maps_to_roi_op(backbone):
+    """theme_roi_model(pooling="roi" | "align"), the old name of roi_op, still builds the same
+    model and warns."""
+    with pytest.warns(DeprecationWarning, match="roi_op"):
+        old = theme_roi_model(canvas=None, roi_size=36, theme=False, pooling="roi", backbone=backbone)
+    new = theme_roi_model(canvas=None, roi_size=36, theme=False, roi_op="pool", backbone=backbone)
+    assert old.name == new.name == "jia_roi36"
+    assert "roi_pooling" in [layer.name for layer in old.layers]
+    with pytest.warns(DeprecationWarning):
+        aligned = theme_roi_model(canvas=None, roi_size=36, theme=False, pooling="align", backbone=backbone)
+    assert "roi_align" in [layer.name for layer in aligned.layers]
 
 
 def test_batch_norm_frozen(models):

@@ -40,26 +40,39 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("narrow", "wide")
+FEATURES = ("narrow", "wide")
+POOLINGS = FEATURES  # deprecated name of FEATURES
+
+
+def _deprecated_pooling(func: str, features: str, pooling) -> str:
+    """``features`` after the deprecated ``pooling=`` keyword (same values), with a warning."""
+    if pooling is None:
+        return features
+    import warnings
+
+    warnings.warn(f"{func}(pooling=...) is deprecated, use features='narrow' | 'wide'",
+                  DeprecationWarning, stacklevel=3)
+    return pooling
 
 
 def mlsp_extractor(
     backbone: str = "inception_resnet_v2",
     weights="imagenet",
-    pooling: str = "wide",
+    features: str = "wide",
     pool_size=(5, 5),
     backbone_model: Optional[keras.Model] = None,
     blocks: Optional[Sequence[int]] = None,
     input_shape=(None, None, 3),
+    pooling: Optional[str] = None,
 ) -> keras.Model:
     """Multi-level spatially pooled (MLSP) feature extractor, Hosu et al. 2019 §3.1, Fig. 1-2.
 
     Taps the outputs of the inception modules of ``backbone`` (see
     :func:`ku.backbones.mlsp_tap_names`), pools each one and concatenates them on channels:
 
-    * ``pooling="narrow"``: ``GlobalAveragePooling2D`` per tap (layers ``gap<i>``) ->
+    * ``features="narrow"``: ``GlobalAveragePooling2D`` per tap (layers ``gap<i>``) ->
       ``Concatenate`` -> ``(B, sum b_i)``: 16,928 for InceptionResNetV2, 10,048 for InceptionV3;
-    * ``pooling="wide"``: :class:`ku.layers.AreaPooling2D` to ``pool_size`` per tap (layers
+    * ``features="wide"``: :class:`ku.layers.AreaPooling2D` to ``pool_size`` per tap (layers
       ``area_pool<i>``) -> ``Concatenate(axis=-1)`` -> ``(B, 5, 5, sum b_i)``.
 
     Args:
@@ -67,7 +80,7 @@ def mlsp_extractor(
             ``"inception_resnet_v2"`` (best) and ``"inception_v3"``.
         weights: backbone weights (``"imagenet"``, ``None`` or a file; see
             :func:`ku.backbones.build_backbone`). Ignored when ``backbone_model`` is given.
-        pooling: ``"wide"`` or ``"narrow"``.
+        features: ``"wide"`` or ``"narrow"``.
         pool_size: output grid of the wide features (paper: 5 x 5).
         backbone_model: an already built :func:`ku.backbones.build_backbone` model of the same
             ``backbone`` (its layers are shared, nothing is copied).
@@ -75,14 +88,16 @@ def mlsp_extractor(
             5 Inception-v3 blocks of Table 2's "Single-1FC (5)".
         input_shape: image shape when the backbone is built here; ``(None, None, 3)`` = any size
             (original resolution, as the paper extracts).
+        pooling: deprecated name of ``features`` (same values); warns.
 
     Returns:
         ``keras.Model`` mapping 0..255 RGB images ``(B, H, W, 3)`` to features, named
-        ``"mlsp_<pooling>_<backbone>"``; it carries the backbone's ``ku_seed`` / ``ku_weights``
+        ``"mlsp_<features>_<backbone>"``; it carries the backbone's ``ku_seed`` / ``ku_weights``
         (:func:`ku.backbones.backbone_seed`), which feature stores record.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"mlsp_extractor: pooling must be one of {POOLINGS}, got {pooling!r}")
+    features = _deprecated_pooling("mlsp_extractor", features, pooling)
+    if features not in FEATURES:
+        raise ValueError(f"mlsp_extractor: features must be one of {FEATURES}, got {features!r}")
     if backbone_model is None:
         backbone_model = build_backbone(backbone, weights=weights, input_shape=input_shape)
     names = mlsp_tap_names(backbone, backbone_model)
@@ -96,7 +111,7 @@ def mlsp_extractor(
             )
         names = [names[b] for b in blocks]
     taps = [backbone_model.get_layer(n).output for n in names]
-    if pooling == "narrow":
+    if features == "narrow":
         pooled = [
             keras.layers.GlobalAveragePooling2D(name=f"gap{i}")(t) for i, t in enumerate(taps)
         ]
@@ -111,7 +126,7 @@ def mlsp_extractor(
         if len(pooled) > 1
         else keras.layers.Identity(name=name_out)(pooled[0])
     )
-    model = keras.Model(backbone_model.input, out, name=f"mlsp_{pooling}_{backbone}")
+    model = keras.Model(backbone_model.input, out, name=f"mlsp_{features}_{backbone}")
     for attr in ("ku_seed", "ku_weights"):  # which backbone: recorded with extracted features
         if hasattr(backbone_model, attr):
             setattr(model, attr, getattr(backbone_model, attr))
@@ -171,12 +186,13 @@ def mlsp_end_to_end(extractor: keras.Model, head: keras.Model, name: str = "mlsp
 def finetune_model(
     backbone: str,
     head_fn: Union[Callable[[tuple], keras.Model], keras.Model],
-    pooling: str = "narrow",
+    features: str = "narrow",
     weights="imagenet",
     input_shape=(224, 224, 3),
     pool_size=(5, 5),
     blocks: Optional[Sequence[int]] = None,
     backbone_model: Optional[keras.Model] = None,
+    pooling: Optional[str] = None,
 ) -> keras.Model:
     """End-to-end trainable MLSP model, Hosu et al. 2019 §4.1 / Table 2 ("Finetune = yes").
 
@@ -191,9 +207,10 @@ def finetune_model(
         backbone: backbone name, e.g. ``"inception_v3"``.
         head_fn: a callable ``head_fn(feature_shape) -> keras.Model`` (``feature_shape`` is e.g.
             ``(10048,)`` or ``(5, 5, 10048)``), or an already built head model.
-        pooling, pool_size, blocks: as in :func:`mlsp_extractor`.
+        features, pool_size, blocks: as in :func:`mlsp_extractor`.
         weights, input_shape: backbone weights and image shape (default 224 x 224 crops).
         backbone_model: reuse an already built backbone.
+        pooling: deprecated name of ``features`` (same values); warns.
 
     Returns:
         ``keras.Model`` image (0..255 RGB) -> head output, every layer trainable.
@@ -204,10 +221,11 @@ def finetune_model(
         model = finetune_model("inception_v3", lambda shape: single_3fc(shape[0]))
         model.compile(keras.optimizers.Adam(1e-4), "mse")
     """
+    features = _deprecated_pooling("finetune_model", features, pooling)
     extractor = mlsp_extractor(
         backbone,
         weights=weights,
-        pooling=pooling,
+        features=features,
         pool_size=pool_size,
         backbone_model=backbone_model,
         blocks=blocks,
@@ -219,7 +237,7 @@ def finetune_model(
         raise TypeError(
             f"finetune_model: head_fn must return a keras.Model, got {type(head).__name__}"
         )
-    model = mlsp_end_to_end(extractor, head, name=f"mlsp_finetune_{pooling}_{backbone}")
+    model = mlsp_end_to_end(extractor, head, name=f"mlsp_finetune_{features}_{backbone}")
     model.trainable = True  # propagates to every nested layer
     return model
 

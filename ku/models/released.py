@@ -60,10 +60,11 @@ class ReleasedWeights:
     """One released ava-mlsp weights file.
 
     Attributes:
-        name: ku's short model name (``ku predict --model <name> --weights released``).
+        name: ku's short model name (``ku predict --model <name> --head-weights released``).
         folder: the model's folder in the ava-mlsp repository (``models/<folder>/``).
         head: ku head builder name (``"pool3fc"`` or ``"single3fc"``).
-        pooling: MLSP pooling of its features (``"wide"`` / ``"narrow"``).
+        features: the kind of MLSP features it reads (``"wide"`` / ``"narrow"``); ``pooling``
+            is its deprecated name (warns).
         size: file size in bytes (from the repository's Git LFS pointer).
         sha256: sha256 of the file (the LFS object id).
         file_name: file name in the repository.
@@ -72,7 +73,7 @@ class ReleasedWeights:
     name: str
     folder: str
     head: str
-    pooling: str
+    features: str
     size: int
     sha256: str
     file_name: str = "model_best_weights.h5"
@@ -80,6 +81,14 @@ class ReleasedWeights:
     @property
     def backbone(self) -> str:
         return "inception_resnet_v2"
+
+    @property
+    def pooling(self) -> str:
+        """Deprecated name of :attr:`features`."""
+        import warnings
+
+        warnings.warn("ReleasedWeights.pooling is deprecated, use .features", DeprecationWarning, stacklevel=2)
+        return self.features
 
     def url(self, base_url: Optional[str] = None) -> str:
         base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
@@ -304,5 +313,5 @@ def released_model(name, backbone_weights="imagenet", path=None, **kwargs):
 
     spec = _spec(name)
     head = released_head(spec, path=path, **kwargs)
-    extractor = mlsp_extractor(spec.backbone, weights=backbone_weights, pooling=spec.pooling)
+    extractor = mlsp_extractor(spec.backbone, weights=backbone_weights, features=spec.features)
     return mlsp_end_to_end(extractor, head, name=spec.name.replace("-", "_"))

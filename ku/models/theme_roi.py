@@ -66,7 +66,9 @@ __all__ = [
     "FC_LAYERS",
 ]
 
-POOLINGS = ("roi", "align")
+ROI_OPS = ("pool", "align")
+#: deprecated ``pooling=`` values of :func:`theme_roi_model` -> ``roi_op``
+POOLINGS = {"roi": "pool", "align": "align"}
 BOX_MAPPINGS = ("valid", "paper")
 #: Names of the fully connected layers trained at 10x the learning rate (§IV-B).
 FC_LAYERS = ("theme_fc", "distribution")
@@ -138,9 +140,9 @@ def freeze_batch_norm(model: keras.Model) -> int:
 
 
 def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes=AVA_N_THEMES,
-                    n_bins=10, masked=False, pooling="roi", box_mapping="valid", theme_dim=256,
+                    n_bins=10, masked=False, roi_op="pool", box_mapping="valid", theme_dim=256,
                     sampling_ratio=2, freeze_bn=True, backbone=None, name=None,
-                    feature_normalization=False) -> keras.Model:
+                    feature_normalization=False, pooling=None) -> keras.Model:
     """The theme-aware ROI model of Jia et al. 2019 (module docstring; §III, Fig. 3).
 
     Args:
@@ -156,7 +158,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         n_bins: K, 10 on AVA, 7 on Photo.net.
         masked: exact padding masking before the ROI pooling (module docstring; default: the
             paper's plain zero padding).
-        pooling: ``"roi"`` (max ROI pooling, eqs. 1-3) or ``"align"`` (ROI align, the "Align" rows
+        roi_op: ``"pool"`` (max ROI pooling, eqs. 1-3) or ``"align"`` (ROI align, the "Align" rows
             of Tables I/II; inclusive-pixel boxes, ``aligned=False``, ``sampling_ratio`` samples).
         box_mapping: ``"valid"`` or ``"paper"`` (module docstring).
         theme_dim: theme feature size (256).
@@ -175,8 +177,10 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
             model then learns the theme alone. :func:`adapt_feature_normalization` scales every
             channel to ``1 / sqrt(C)`` (unit norm on average): unit-variance channels with the
             paper's output learning rate (1e-2) made the softmax collapse on the demo set
-            (2026-11-29: KL 21.6). ``scripts/train_theme_roi.py`` turns it on with a frozen
-            backbone (the demo without ImageNet weights: :func:`ku.training.fit_theme_roi_head`).
+            (2026-11-29: KL 21.6). :func:`ku.pipelines.theme_roi.run_theme_roi` turns it on with a
+            frozen backbone (the demo without ImageNet weights:
+            :func:`ku.training.fit_theme_roi_head`).
+        pooling: deprecated name of ``roi_op`` (``"roi"`` = ``"pool"``, ``"align"``); warns.
 
     Returns:
         ``keras.Model`` with inputs ``image`` (B, H, W, 3) float 0..255, ``valid_size`` (B, 2)
@@ -188,8 +192,14 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
     """
     from ku.backbones import build_backbone
 
-    if pooling not in POOLINGS:
-        raise ValueError(f"theme_roi_model: pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling is not None:
+        import warnings
+
+        warnings.warn("theme_roi_model(pooling=...) is deprecated, use roi_op='pool' | 'align'",
+                      DeprecationWarning, stacklevel=2)
+        roi_op = POOLINGS.get(pooling, pooling)
+    if roi_op not in ROI_OPS:
+        raise ValueError(f"theme_roi_model: roi_op must be one of {ROI_OPS}, got {roi_op!r}")
     if box_mapping not in BOX_MAPPINGS:
         raise ValueError(f"theme_roi_model: box_mapping must be one of {BOX_MAPPINGS}, got {box_mapping!r}")
     if not isinstance(roi_size, int) or roi_size < 1:
@@ -232,7 +242,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         boxes, scale = ImageBoxes("pixels", name="roi_boxes")(feat_sizes), 1.0
     else:
         boxes, scale = ImageBoxes("pixels", name="roi_boxes")(sizes), 1.0 / STEM_STRIDE
-    if pooling == "roi":
+    if roi_op == "pool":
         pooled = RoiPooling2D(roi_size, scale, mode="max", name="roi_pooling")([feats, boxes])
     else:
         pooled = RoiAlign2D(roi_size, scale, sampling_ratio=sampling_ratio, aligned=False,
@@ -253,7 +263,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         visual = keras.layers.Concatenate(name="visual_theme")([visual, theme_feat])
     out = keras.layers.Dense(n_bins, activation="softmax", name="distribution")(visual)
     if name is None:
-        name = f"jia_{'theme_' if theme else ''}{pooling}{roi_size}"
+        name = f"jia_{'theme_' if theme else ''}{'roi' if roi_op == 'pool' else roi_op}{roi_size}"
     model = keras.Model(inputs, out, name=name)
     if freeze_bn:
         freeze_batch_norm(model)

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 HEADS = ("single1fc", "single3fc", "single3fc_do", "multi3fc", "pool3fc")
 
+#: marks a deprecated keyword that was not given (None is a value: a random backbone)
+_UNSET = object()
+
 #: the ridge probe holds at most this many feature values (float32) of training images in memory
 PROBE_VALUES = 4e8
 
@@ -70,7 +73,7 @@ def build_head(name: str, feature_shape, *, backbone: str = "inception_resnet_v2
         return heads.pool_3fc(tuple(feature_shape), x_size=x_size or 2048, **kw)
     if len(feature_shape) != 1:
         raise ValueError(f"head {name!r} needs narrow features (C,), got {feature_shape}; "
-                         "use --pooling=narrow or --head=pool3fc")
+                         "use --features=narrow or --head=pool3fc")
     if name == "single1fc":
         return heads.single_1fc(feature_shape[0], **kw)
     if name == "single3fc":
@@ -119,18 +122,18 @@ class MlspResult:
     failed: list
 
 
-def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", pooling="wide",
-             head="pool3fc", batch_size=128, max_epochs=60, schedule=None, seed=0,
+def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", backbone_weights="auto",
+             features="wide", head="pool3fc", batch_size=128, max_epochs=60, schedule=None, seed=0,
              target="mos", loss=None, resume=True, verbose=1, echo=print, paper_rows=None,
-             strategy=None, jit_compile="auto"):
+             strategy=None, jit_compile="auto", weights=_UNSET, pooling=_UNSET):
     """Run Hosu et al. 2019 on an ids table (``set`` column: training / validation / test).
 
     Args:
       ids: the ids table of :mod:`ku.data.readers` (e.g. ``read_ava(...)`` or ``load_demo()``).
       work_dir: folder for the feature store, the run and the plots (created; reused to resume).
       backbone: "inception_resnet_v2" (paper's best, marked (*) in Table 3) or "inception_v3".
-      weights: "auto" | "imagenet" | None | path (see :func:`resolve_weights`).
-      pooling: "wide" (5x5 area pooling) or "narrow" (global average pooling), §3.1.
+      backbone_weights: "auto" | "imagenet" | None | path (see :func:`resolve_weights`).
+      features: "wide" (5x5 area pooling) or "narrow" (global average pooling), §3.1.
       head: one of :data:`HEADS` (§3.2, Table 1).
       batch_size: 128 on features (§3.3).
       max_epochs: upper bound; the staged schedule (§3.3) usually stops earlier.
@@ -144,6 +147,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
       jit_compile: XLA for the head's training steps. ``"auto"``: on with the default strategy
         (stored features have one shape, so XLA compiles once; Pool-3FC steps ~1.7x faster on a
         2-core CPU), otherwise Keras' own choice. ``True`` / ``False`` force it.
+      weights, pooling: deprecated names of ``backbone_weights`` and ``features``; they warn.
     Returns:
       :class:`MlspResult`.
     """
@@ -157,15 +161,17 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     from ku import distribute
     from ku.training import train
 
+    backbone_weights = _deprecated("weights", "backbone_weights", weights, backbone_weights)
+    features = _deprecated("pooling", "features", pooling, features)
     strategy = distribute.get_strategy(strategy)
     multi_worker = distribute.is_multi_worker(strategy)
     chief = distribute.is_chief(strategy)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    w = resolve_weights(backbone, weights, echo=echo)
+    w = resolve_weights(backbone, backbone_weights, echo=echo)
     wname = "imagenet" if w == "imagenet" else ("random" if w is None else Path(str(w)).stem)
-    store_path = work_dir / f"mlsp_{backbone}_{pooling}_{wname}_aug8.h5"
+    store_path = work_dir / f"mlsp_{backbone}_{features}_{wname}_aug8.h5"
 
     t = time.time()
     if multi_worker:  # every worker would write the same store: extraction comes first
@@ -178,12 +184,12 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
                       for r in failed_rows]
         report = None
         echo(f"[1/3] multi-worker run: using the extracted features {store_path}")
-    extractor = None if multi_worker else mlsp_extractor(backbone, weights=w, pooling=pooling)
+    extractor = None if multi_worker else mlsp_extractor(backbone, weights=w, features=features)
     if not multi_worker:
-        echo(f"[1/3] extracting {pooling} MLSP features of {len(ids)} images x 8 augmentations "
+        echo(f"[1/3] extracting {features} MLSP features of {len(ids)} images x 8 augmentations "
          f"({backbone}, weights={wname}) -> {store_path}")
         report = extract_features(ids, store_path, extractor, attrs={
-            "backbone": backbone, "weights": wname, "pooling": pooling}, resume=resume,
+            "backbone": backbone, "weights": wname, "pooling": features}, resume=resume,
             progress=verbose > 0)
         failed = report.failed
         echo("      " + report.summary())
@@ -228,7 +234,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
         from ku.losses import get_loss
 
         loss = get_loss(loss)
-    run_dir = work_dir / f"run_{head}_{pooling}_{target}"
+    run_dir = work_dir / f"run_{head}_{features}_{target}"
     try:
         train(model, train_seq, val_seq, run_dir=run_dir, loss=loss, schedule=schedule,
               max_epochs=max_epochs, resume=resume, verbose=verbose, shuffle=False,
@@ -255,7 +261,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
     seconds["test"] = time.time() - t
     rows = paper_rows if paper_rows is not None else (
         ("Pool-3FC (*)",) if backbone == "inception_resnet_v2" else ("Pool-3FC",))
-    label = f"ku {head} {pooling} ({backbone}, {wname}) on this data"
+    label = f"ku {head} {features} ({backbone}, {wname}) on this data"
     table = report_table(y_true, y_pred, paper_rows=rows, label=label)
     # what learning means on this split: the training mean and a ridge probe on the same features
     t = time.time()
@@ -279,7 +285,7 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
         save_backbone_record(run_dir / "head.keras", store_attrs)  # which backbone the head needs
         # the whole image -> score model, self-contained (`ku predict --model run_dir/model.keras`)
         if extractor is None:
-            extractor = mlsp_extractor(backbone, weights=w, pooling=pooling)
+            extractor = mlsp_extractor(backbone, weights=w, features=features)
         mlsp_end_to_end(extractor, test_model).save(run_dir / "model.keras")
         save_backbone_record(run_dir / "model.keras", store_attrs)
         (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=1))
@@ -288,7 +294,17 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", weights="auto", p
                       failed=failed)
 
 
+def _deprecated(old: str, new: str, old_value, new_value):
+    """``new_value``, or ``old_value`` given under the deprecated keyword ``old`` (a warning)."""
+    if old_value is _UNSET:
+        return new_value
+    import warnings
+
+    warnings.warn(f"run_mlsp({old}=...) is deprecated, use {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
 def _missing_store(path):
     raise FileNotFoundError(f"feature store {path} does not exist; a multi-worker run reads features "
                             f"extracted before: scripts/extract_mlsp.py --out={path} with the same "
-                            "data flags, --backbone, --pooling and --weights (in shards, then --merge)")
+                            "data flags, --backbone, --features and --backbone_weights (in shards, then --merge)")
