@@ -8,7 +8,7 @@ mostly averaged away: ridge probe SRCC 0.42 vs 0.62 at 256, 2026-11-29), no sema
 no APM-m branch (turn them on with --semantic_epochs / --apm_m_epochs). Without ImageNet weights
 in the Keras cache the backbone is randomly initialised, announced loudly; then (demo defaults,
 ku, not the paper) the backbone stays frozen and only the two FC layers are trained, on the SPP
-vectors computed once (ku.models.apm.fit_apm_head: the same optimisation as training on the
+vectors computed once (ku.training.fit_apm_head: the same optimisation as training on the
 images with a frozen backbone, seconds per epoch), after a feature standardisation fit on the
 training images (ku.models.apm.adapt_feature_normalization), with Adam at 1e-4 for 20 epochs.
 --train_backbone gives the paper's end-to-end training instead.

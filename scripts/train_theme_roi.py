@@ -15,7 +15,7 @@ random backbone stays frozen: the pooled features of every training view (the si
 are computed once and shared by both runs, the visual features are standardised with the training
 statistics to unit norm on average (ku.models.theme_roi.adapt_feature_normalization), and the
 theme embedding and output layer train on them for 40 epochs of Adam at 1e-3
-(ku.models.theme_roi.fit_theme_roi_head; with a frozen backbone the same optimisation as training
+(ku.training.fit_theme_roi_head; with a frozen backbone the same optimisation as training
 on the images). The test runs the whole model on every test view. --train_backbone gives the
 paper's end-to-end recipe (2 epochs on the demo, the lr halved every epoch; paper: 30, halved
 every 10).
@@ -72,7 +72,7 @@ flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them ar
 flags.DEFINE_boolean("train_backbone", None, "Fine-tune the backbone end to end (IV-B). Default: on, "
                      "except on the demo with a randomly initialised backbone: then it stays frozen "
                      "and the theme embedding and output layer train on the pooled features of "
-                     "every training view, computed once (ku.models.theme_roi.fit_theme_roi_head), "
+                     "every training view, computed once (ku.training.fit_theme_roi_head), "
                      "40 epochs of Adam at 1e-3.")
 flags.DEFINE_boolean("feature_norm", None, "Standardise the pooled visual features with the training "
                      "images' statistics before the output layer, scaled to unit norm on average "

@@ -2,7 +2,7 @@
 
     ids table --> [semantic stage: a student learns an ImageNet teacher's softmax, §3.3]
               --> aesthetic training of the SPP model (§3.2, §3.4; or, with a frozen backbone,
-                  the FC layers on SPP vectors computed once: ku.models.apm.fit_apm_head)
+                  the FC layers on SPP vectors computed once: ku.training.fit_apm_head)
               --> [APM-m branch + late fusion fit on validation, §4.1]
               --> test (Table 1 metrics, §4) beside the training-mean row and a ridge probe
               --> metrics.csv, baselines.csv, test_predictions.csv, history.csv, plots,
@@ -181,6 +181,7 @@ def _run(ids, work, out_dir, strategy, s, echo) -> ApmResult:
     from ku import distribute, metrics, plots
     from ku.data.aspect_batches import aspect_batches
     from ku.models import apm, semantic
+    from ku.training import fit_apm, fit_apm_head, train_student
 
     chief = distribute.is_chief(strategy)
     t0 = time.time()
@@ -235,7 +236,7 @@ def _run(ids, work, out_dir, strategy, s, echo) -> ApmResult:
             image_size=s["teacher_size"], verbose=verbose)
         with distribute.scope(strategy):
             student = semantic.student_model(s["backbone"], weights, masked=s["masked"])
-        semantic.train_student(student, parts["training"], targets, shorter_side=shorter,
+        train_student(student, parts["training"], targets, shorter_side=shorter,
                                batch_size=batch_size, epochs=sem_epochs, seed=seed,
                                optimizer=optimizer(learning_rate), run_dir=work / "semantic",
                                **fit_kw)
@@ -266,7 +267,7 @@ def _run(ids, work, out_dir, strategy, s, echo) -> ApmResult:
         apm.adapt_feature_normalization(model, probe_features["training"][0])
     apm.init_output_bias(model, y_train.mean(axis=0))
     if train_backbone:
-        apm.fit_apm(model, parts["training"], parts["validation"], variant=variant,
+        fit_apm(model, parts["training"], parts["validation"], variant=variant,
                     shorter_side=shorter, batch_size=batch_size, epochs=s["epochs"],
                     optimizer=optimizer(learning_rate), seed=seed, run_dir=work / "train", **fit_kw)
         history = pd.read_csv(out_dir / "train" / "history.csv") if chief else pd.DataFrame()
@@ -274,7 +275,7 @@ def _run(ids, work, out_dir, strategy, s, echo) -> ApmResult:
         (work / "train").mkdir(parents=True, exist_ok=True)
         x_tr, r_tr = probe_features["training"]
         x_val, r_val = probe_features.get("validation", (None, None))
-        apm.fit_apm_head(model, x_tr, y_train[r_tr], x_val,
+        fit_apm_head(model, x_tr, y_train[r_tr], x_val,
                          None if x_val is None else apm.apm_targets(parts["validation"], variant)[r_val],
                          variant=variant, batch_size=batch_size, epochs=s["epochs"],
                          optimizer=optimizer(learning_rate), seed=seed, verbose=verbose,
@@ -293,7 +294,7 @@ def _run(ids, work, out_dir, strategy, s, echo) -> ApmResult:
         for name in ("apm_fc1", "apm_fc2"):
             model_m.get_layer(name).set_weights(model.get_layer(name).get_weights())
         apm.init_output_bias(model_m, y_train.mean(axis=0))
-        apm.fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
+        fit_apm(model_m, parts["training"], parts["validation"], shorter_side=shorter,
                     batch_size=batch_size, epochs=m_epochs, seed=seed + 1,
                     optimizer=optimizer(learning_rate / 10, {apm.new_layer_pattern(): 10.0}),
                     run_dir=work / "apm_m", **fit_kw)

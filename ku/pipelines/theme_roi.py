@@ -3,7 +3,7 @@
     ids table --> canvas views (ku.data.canvas: padded canvas, 6 augmentations, §IV-B)
               --> theme_roi_model (ROI pooling / align over each image's box + theme embedding, §III)
               --> training (end to end, §IV-B; or, with a frozen backbone, the layers after the
-                  pooling on every view's stored features: ku.models.theme_roi.fit_theme_roi_head)
+                  pooling on every view's stored features: ku.training.fit_theme_roi_head)
               --> test on the mean over the test views --> Tables I, II, III layouts
               --> beside each model: the training-mean row and a ridge probe (ku.baselines)
 
@@ -243,7 +243,8 @@ def _run_variant(ids, theme, n_themes, n_bins, weights, s, work_dir, echo, strat
 
     from ku import distribute
     from ku.data.canvas import canvas_dataset, n_test_views, targets_from_ids
-    from ku.models.theme_roi import predict_views, theme_roi_model, train_theme_roi
+    from ku.models.theme_roi import predict_views, theme_roi_model
+    from ku.training import train_theme_roi
 
     name = f"{s['mode']}_{s['canvas']}_{s['roi_size']}_{_ROI_OP_NAME[s['roi_op']]}_{s['augment']}" \
            f"{'_masked' if s['masked'] else ''}{'_fnorm' if s['feature_norm'] else ''}" \
@@ -274,6 +275,7 @@ def _run_variant(ids, theme, n_themes, n_bins, weights, s, work_dir, echo, strat
     # backbone also every view of the training and validation images (the head trains on them)
     from ku.backbones import weights_fingerprint
     from ku.models import theme_roi as jia
+    from ku.training import fit_theme_roi_head
 
     key = (weights_fingerprint(jia.visual_features_model(model)), name.rsplit("_", 1)[0])
     if cache.get("key") != key:
@@ -315,7 +317,7 @@ def _run_variant(ids, theme, n_themes, n_bins, weights, s, work_dir, echo, strat
     else:  # the layers after the pooling on every view's stored features (the backbone is frozen)
         run_dir.mkdir(parents=True, exist_ok=True)
         th = {k: sets[k]["theme_index"].to_numpy(np.int32) if theme else None for k in ("training", "validation")}
-        jia.fit_theme_roi_head(model, cache["views"]["training"], targets_from_ids(sets["training"]),
+        fit_theme_roi_head(model, cache["views"]["training"], targets_from_ids(sets["training"]),
                                th["training"], cache["views"]["validation"],
                                targets_from_ids(sets["validation"]), th["validation"], epochs=s["epochs"],
                                optimizer=lambda: keras.optimizers.Adam(s["head_learning_rate"]),
