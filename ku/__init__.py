@@ -36,18 +36,24 @@ __all__ = ["KERAS_OBJECTS", "load_model", "register_keras_objects", "__version__
 #: ``"ku>ClassName"``): defining module -> class names. ``tests/test_lazy_import.py`` checks this
 #: table against what the modules actually register.
 KERAS_OBJECTS = {
-    "ku.layers.area_pooling": ("AreaPooling2D",),
-    "ku.layers.min_side": ("MinSideUpscale",),
-    "ku.layers.preprocessing": ("ImagePreprocessing",),
-    "ku.layers.roi_pooling": ("RoiPooling2D", "RoiAlign2D", "ImageBoxes"),
-    "ku.layers.spp": ("SpatialPyramidPooling",),
+    "ku.layers.area_pooling_2d": ("AreaPooling2D",),
+    "ku.layers.distribution_mean": ("DistributionMean",),
+    "ku.layers.feature_standardization": ("FeatureStandardization",),
+    "ku.layers.image_boxes": ("ImageBoxes",),
+    "ku.layers.image_preprocessing": ("ImagePreprocessing",),
+    "ku.layers.l1_normalization": ("L1Normalization",),
+    "ku.layers.map_valid_size": ("MapValidSize",),
+    "ku.layers.mask_aware_average_pooling_2d": ("MaskAwareAveragePooling2D",),
+    "ku.layers.min_side_upscale": ("MinSideUpscale",),
+    "ku.layers.roi_align_2d": ("RoiAlign2D",),
+    "ku.layers.roi_pooling_2d": ("RoiPooling2D",),
+    "ku.layers.spatial_pyramid_pooling": ("SpatialPyramidPooling",),
+    "ku.layers.split_features": ("SplitFeatures",),
     "ku.layers.theme_embedding": ("ThemeEmbedding",),
+    "ku.layers.valid_region_mask": ("ValidRegionMask",),
     "ku.losses": ("EMDLoss", "HuberBinLoss", "CDLoss", "KLDivergenceLoss", "SoftCrossEntropy",
                   "EuclideanLoss"),
     "ku.optimizers": ("LayerwiseAdam", "LayerwiseSGD"),
-    "ku.models.apm": ("L1Normalization", "DistributionMean"),
-    "ku.models.heads": ("SplitFeatures", "FeatureStandardization"),
-    "ku.models.masking": ("ValidRegionMask", "MapValidSize", "MaskAwareAveragePooling2D"),
 }
 
 _SUBPACKAGES = ("backbones", "cli", "data", "distribute", "evaluation", "export", "extraction",
