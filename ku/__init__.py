@@ -51,9 +51,14 @@ KERAS_OBJECTS = {
     "ku.layers.split_features": ("SplitFeatures",),
     "ku.layers.theme_embedding": ("ThemeEmbedding",),
     "ku.layers.valid_region_mask": ("ValidRegionMask",),
-    "ku.losses": ("EMDLoss", "HuberBinLoss", "CDLoss", "KLDivergenceLoss", "SoftCrossEntropy",
-                  "EuclideanLoss"),
-    "ku.optimizers": ("LayerwiseAdam", "LayerwiseSGD"),
+    "ku.losses.cd": ("CDLoss",),
+    "ku.losses.cross_entropy": ("SoftCrossEntropy",),
+    "ku.losses.emd": ("EMDLoss",),
+    "ku.losses.euclidean": ("EuclideanLoss",),
+    "ku.losses.huber_bin": ("HuberBinLoss",),
+    "ku.losses.kl_divergence": ("KLDivergenceLoss",),
+    "ku.optimizers.layerwise_adam": ("LayerwiseAdam",),
+    "ku.optimizers.layerwise_sgd": ("LayerwiseSGD",),
 }
 
 _SUBPACKAGES = ("backbones", "cli", "data", "distribute", "evaluation", "export", "extraction",

@@ -76,8 +76,8 @@ def test_one_public_class_per_layer_module():
 
 
 def test_keras_objects_table_names_no_model_module():
-    assert not [m for m in ku.KERAS_OBJECTS if not m.startswith(("ku.layers.", "ku.losses",
-                                                                   "ku.optimizers"))]
+    assert not [m for m in ku.KERAS_OBJECTS if not m.startswith(("ku.layers.", "ku.losses.",
+                                                                   "ku.optimizers."))]
 
 
 @pytest.mark.parametrize("old", sorted(OLD_PATHS))
@@ -121,3 +121,31 @@ def test_registering_keras_objects_imports_no_model_module():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: every name ``ku.losses`` / ``ku.optimizers`` exported when each was one module
+LOSS_NAMES = ("EMDLoss", "HuberBinLoss", "CDLoss", "KLDivergenceLoss", "SoftCrossEntropy",
+              "EuclideanLoss", "emd_loss", "huber_bin_loss", "cd_loss", "kl_divergence_loss",
+              "soft_cross_entropy", "euclidean_loss", "get_loss", "LOSS_NAMES")
+OPTIMIZER_NAMES = ("LayerwiseAdam", "LayerwiseSGD", "lr_factors")
+
+
+@pytest.mark.parametrize("package,names", [("ku.losses", LOSS_NAMES),
+                                           ("ku.optimizers", OPTIMIZER_NAMES)])
+def test_losses_and_optimizers_one_registered_class_per_module(package, names):
+    module = importlib.import_module(package)
+    assert set(names) <= set(module.__all__)
+    for name in names:
+        assert hasattr(module, name), f"{package}.{name}"
+    ku.register_keras_objects()
+    kind = keras.losses.Loss if package == "ku.losses" else keras.optimizers.Optimizer
+    classes = {k.split(">", 1)[1]: v for k, v in keras.saving.get_custom_objects().items()
+               if k.startswith("ku>") and isinstance(v, type) and issubclass(v, kind)}
+    assert len(classes) == (6 if package == "ku.losses" else 2)
+    modules = [cls.__module__ for cls in classes.values()]
+    assert len(set(modules)) == len(modules), modules
+    for name, cls in classes.items():
+        assert cls.__module__.startswith(f"{package}.") and getattr(module, name) is cls, name
+    # a module of the package named like one of its exported functions would be shadowed
+    for path in (KU / package.split(".")[1]).glob("*.py"):
+        assert path.stem not in names, f"{path.name} is shadowed by {package}.{path.stem}"
