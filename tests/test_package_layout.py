@@ -70,8 +70,8 @@ def test_one_public_class_per_layer_module():
         if path.name.startswith("_"):
             continue
         module = importlib.import_module(f"ku.layers.{path.stem}")
-        own = [n for n, obj in vars(module).items() if inspect.isclass(obj) and not n.startswith("_")
-               and obj.__module__ == module.__name__]
+        own = [n for n, obj in vars(module).items() if inspect.isclass(obj)
+               and not n.startswith("_") and obj.__module__ == module.__name__]
         assert len(own) <= 1, f"{path.name} defines {own}"
 
 
@@ -115,7 +115,8 @@ def test_registering_keras_objects_imports_no_model_module():
         from ku.cli import _register_keras_objects
         _register_keras_objects()
         import keras
-        assert keras.saving.get_registered_object("ku>MapValidSize").__module__ == "ku.layers.map_valid_size"
+        cls = keras.saving.get_registered_object("ku>MapValidSize")
+        assert cls.__module__ == "ku.layers.map_valid_size", cls.__module__
         print(sorted(m for m in sys.modules if m.startswith("ku.models")))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ from keras import ops
 
 
 def check_multipliers(multipliers, who: str) -> dict:
-    """``lr_multipliers`` as ``{regex: float factor >= 0}`` (TypeError / ValueError naming ``who``)."""
+    """``lr_multipliers`` as ``{regex: float factor >= 0}``; TypeError / ValueError name ``who``."""
     if multipliers is None:
         return {}
     if not isinstance(multipliers, Mapping):
