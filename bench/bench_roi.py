@@ -27,7 +27,8 @@ import time
 import numpy as np
 from keras import ops
 
-from ku.layers.roi_pooling import _flatten_boxes, _round_half_away, roi_bin_bounds
+from ku.layers._roi_common import flatten_boxes as _flatten_boxes
+from ku.layers.roi_pooling_2d import _round_half_away, roi_bin_bounds
 
 
 # -- the previous implementation (ku until commit 27f5dba), for the ratio ---------------------
@@ -99,7 +100,7 @@ def main():
 
     import tensorflow as tf
 
-    from ku.layers.roi_pooling import RoiPooling2D
+    from ku.layers import RoiPooling2D
 
     rng = np.random.default_rng(0)
     b, n, c = args.batch, args.size, args.channels

@@ -4,7 +4,7 @@ Both compute the same thing on the same tensors: adaptive max SPP over each imag
 of a padded batch of feature maps, stacked and L2-normalised, then the gradient of a random
 projection of the output with respect to the feature maps (``tf.GradientTape``).
 
-* ku: ``ku.layers.spp.SpatialPyramidPooling`` -- one batched op graph (bin masks + where + max),
+* ku: ``ku.layers.SpatialPyramidPooling`` -- one batched op graph (bin masks + where + max),
   dynamic batch/spatial sizes;
 * loop: a Python loop over the images that slices each valid region ``x[b, :h, :w]`` and every
   cell, pools with ``keras.ops.max``, concatenates and normalises -- what one writes without a
@@ -51,7 +51,7 @@ def loop_spp(x, sizes, levels, epsilon=1e-12):
 def make_steps(levels, sizes_np, proj):
     import tensorflow as tf
 
-    from ku.layers.spp import SpatialPyramidPooling
+    from ku.layers import SpatialPyramidPooling
 
     layer = SpatialPyramidPooling(levels, mode="max", l2_normalize=True)
     sizes_list = [tuple(int(v) for v in s) for s in sizes_np]

@@ -33,7 +33,7 @@ from typing import Optional
 
 import keras
 
-from ku.layers.preprocessing import ImagePreprocessing
+from ku.layers import ImagePreprocessing
 
 __all__ = [
     "BACKBONES",

@@ -121,17 +121,11 @@ MODELS = {
 
 
 def _register_keras_objects():
-    """Import the modules that register ku's Keras objects, so ``.keras`` files load."""
-    import importlib
+    """Import the modules that register ku's Keras objects (:data:`ku.KERAS_OBJECTS`: the modules
+    of ``ku.layers``, ``ku.losses`` and ``ku.optimizers``), so ``.keras`` files load."""
+    import ku
 
-    for name in ("ku.layers", "ku.losses", "ku.models.heads", "ku.models.masking", "ku.optimizers",
-                 "ku.models.apm", "ku.models.theme_roi"):
-        try:
-            importlib.import_module(name)
-        except ImportError:  # optional modules (other papers) may not exist yet
-            logger.debug("ku.cli: %s not importable", name)
-        except Exception as e:  # noqa: BLE001 (a broken optional module must not stop the CLI)
-            logger.warning("ku.cli: importing %s failed: %s: %s", name, type(e).__name__, e)
+    ku.register_keras_objects()
 
 
 def _backbone_weights(args, backbone):

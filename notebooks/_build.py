@@ -217,7 +217,7 @@ print({k: len(v) for k, v in parts.items()}, BACKBONE, f"shorter side {SHORTER}p
     md('''## 1. Adaptive spatial pyramid pooling over each image's valid region
 Bin `i` of `l` over a valid extent `n` covers `[floor(i n / l), ceil((i + 1) n / l))`; values
 outside the valid region (padding) are never read.'''),
-    code('''from ku.layers.spp import SpatialPyramidPooling
+    code('''from ku.layers import SpatialPyramidPooling
 fmap = np.random.default_rng(0).normal(size=(2, 9, 12, 4)).astype("float32")
 sizes = np.array([[9, 12], [5, 7]], "int32")          # second map: valid region 5x7, rest is padding
 spp = SpatialPyramidPooling(levels=(3,), l2_normalize=True)

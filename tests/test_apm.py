@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ku.layers.preprocessing import ImagePreprocessing
+from ku.layers import ImagePreprocessing
 from ku.models import apm
 from ku.models.masking import masked_model
 from ku.training import fit_apm_head

@@ -88,7 +88,7 @@ model.save_weights(os.path.join(out, f"apm-{mode}-{info['task_id']}.weights.h5")
 
 # ---- theme-ROI on a fixed padded canvas (tf.data, DATA auto-sharding): a tiny ROI model
 from ku.data.canvas import canvas_dataset
-from ku.layers import roi_pooling
+from ku.layers import ImageBoxes, RoiPooling2D
 from ku.layers.theme_embedding import ThemeEmbedding
 from ku.models.theme_roi import predict_views
 from ku.training import train_theme_roi
@@ -101,7 +101,7 @@ with distribute.scope(strategy):
     theme = keras.Input((), dtype="int32", name="theme")
     x = keras.layers.Rescaling(1 / 127.5, -1)(image)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv2d_tiny")(x)
-    x = roi_pooling.RoiPooling2D(6, 0.5, name="roi_pooling")([x, roi_pooling.ImageBoxes()(sizes)])
+    x = RoiPooling2D(6, 0.5, name="roi_pooling")([x, ImageBoxes()(sizes)])
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Concatenate()([x, ThemeEmbedding(n_themes, 5, name="theme_fc")(theme)])
     tmodel = keras.Model([image, sizes, theme], keras.layers.Dense(10, activation="softmax", name="distribution")(x))

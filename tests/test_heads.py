@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
+from ku.layers import FeatureStandardization, SplitFeatures
 from ku.models import heads
 from ku.models.heads import (
     DROPOUT_PLUS,
-    SplitFeatures,
     fc3_sizes,
     load_released_weights,
     multi_3fc,
@@ -534,7 +534,7 @@ def test_input_normalization_save_reload(head, tmp_path):
     model.save(tmp_path / "h.keras")
     reloaded = keras.saving.load_model(tmp_path / "h.keras")
     np.testing.assert_allclose(reloaded(x, training=False), before, rtol=1e-6, atol=1e-6)
-    assert isinstance(reloaded.get_layer("input_norm"), heads.FeatureStandardization)
+    assert isinstance(reloaded.get_layer("input_norm"), FeatureStandardization)
     model.save_weights(tmp_path / "h.weights.h5")
     fresh = getattr(heads, head)(*pos, input_normalization=True, **kw)
     assert not np.allclose(fresh(x, training=False), before)
@@ -612,7 +612,7 @@ def test_feature_standardization_constant_channels_and_errors():
         layer.set_statistics(np.zeros(4), np.ones(4), min_std=2)
     with pytest.raises(ValueError, match="scale"):
         layer.set_statistics(np.zeros(4), np.ones(4), scale=0)
-    clone = heads.FeatureStandardization.from_config(layer.get_config())
+    clone = FeatureStandardization.from_config(layer.get_config())
     assert clone.name == "input_norm"
 
 

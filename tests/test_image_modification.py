@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ku.image_modification import modify_image, plot_modification, shifted_target
-from ku.layers.preprocessing import ImagePreprocessing
+from ku.layers import ImagePreprocessing
 from ku.models import apm
 from ku.models.masking import masked_model
 

@@ -7,11 +7,14 @@ one compiled training step, and the ``mixed_float16`` check (the dtype the layer
 symbolically must be the dtype it returns). Shapes are tiny; the numerics are tested against
 references in each layer's own test module.
 
-A layer that is registered but has no case here fails :func:`test_every_registered_layer_has_a_case`.
+A layer that is registered but has no case here fails :func:`test_every_registered_layer_has_a_case`;
+one whose docstring has no runnable ``Example:`` block fails :func:`test_docstring_example_runs`.
 """
 from __future__ import annotations
 
 import importlib
+import re
+import textwrap
 
 import keras
 import numpy as np
@@ -146,13 +149,17 @@ def test_run_layer_test(case):
 def test_symbolic_dtype_is_declared():
     """The two layers whose declared symbolic dtype once differed from what they return:
     MapValidSize returns int32 sizes, ImageBoxes float32 boxes (also under mixed precision)."""
-    from ku.layers.roi_pooling import ImageBoxes
-    from ku.models.masking import MapValidSize
+    from ku.layers import ImageBoxes, MapValidSize
 
-    sizes = keras.Input((2,), dtype="int32")
-    assert MapValidSize(kernel_size=3)(sizes).dtype == "int32"
-    assert ImageBoxes(dtype="mixed_float16")(sizes).dtype == "float32"
-    assert keras.ops.convert_to_numpy(ImageBoxes(dtype="mixed_float16")(_sizes((6, 5)))).dtype == np.float32
+    expected = {MapValidSize: "int32", ImageBoxes: "float32"}
+    for cls, dtype in expected.items():
+        for policy in (None, "mixed_float16"):
+            for input_dtype in ("int32", "float32"):
+                layer = cls(dtype=policy)
+                symbolic = layer(keras.Input((2,), dtype=input_dtype)).dtype
+                eager = keras.ops.convert_to_numpy(layer(_sizes((6, 5)).astype(input_dtype))).dtype
+                assert symbolic == eager.name == dtype, (cls.__name__, policy, input_dtype,
+                                                         symbolic, eager)
 
 
 @pytest.mark.parametrize("case", sorted(c for c, why in NO_TRAINING.items() if why == "list output"))
@@ -175,3 +182,16 @@ def test_gradient_through_list_outputs(case):
         loss = tf.add_n([tf.reduce_sum(tf.square(o)) for o in outputs if o.dtype.is_floating])
     grad = tape.gradient(loss, scale)
     assert grad is not None and np.isfinite(grad.numpy()) and grad.numpy() != 0.0
+
+
+#: the ``Example:`` block of a docstring: a fenced ``python`` code block (keras-hub style)
+_EXAMPLE = re.compile(r"\n[ ]*Example:[ ]*\n\s*```python\n(.*?)\n[ ]*```", re.S)
+
+
+@pytest.mark.parametrize("name", sorted(registered_layers()))
+def test_docstring_example_runs(name):
+    """Every registered layer's docstring shows a short usage example, and the example runs."""
+    doc = _layer_class(name).__doc__ or ""
+    match = _EXAMPLE.search(doc)
+    assert match, f"{name}: the docstring has no Example: block with a ```python code block"
+    exec(compile(textwrap.dedent(match.group(1)), f"<{name} docstring example>", "exec"), {})

@@ -4,8 +4,8 @@ import pytest
 import keras
 
 from ku.backbones import build_backbone
-from ku.models.masking import (MapValidSize, MaskAwareAveragePooling2D, ValidRegionMask,
-                               masked_model, valid_output_sizes)
+from ku.layers import MapValidSize, MaskAwareAveragePooling2D, ValidRegionMask
+from ku.models.masking import masked_model, valid_output_sizes
 
 CASES = {
     # backbone: (image sizes (h, w), canvas (H, W))

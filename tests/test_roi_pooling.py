@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ku.layers.roi_pooling import RoiAlign2D, RoiPooling2D, image_boxes, roi_bin_bounds
+from ku.layers import RoiAlign2D, RoiPooling2D, image_boxes, roi_bin_bounds
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ku.layers.spp import SpatialPyramidPooling, spp_bin_bounds
+from ku.layers import SpatialPyramidPooling, spp_bin_bounds
 
 
 def ref_spp(x, sizes, levels, mode, l2=True, eps=1e-12):

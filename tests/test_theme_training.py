@@ -37,7 +37,7 @@ def model():
 def tiny_model():
     """The theme model's interface and layer names on a tiny network (training on CPU in seconds):
     image -> conv (stride 2) -> BN -> ROI pooling over the image's box -> GAP, theme -> theme_fc."""
-    from ku.layers import roi_pooling
+    from ku.layers import ImageBoxes, RoiPooling2D
     from ku.layers.theme_embedding import ThemeEmbedding
 
     image = keras.Input((96, 96, 3), name="image")
@@ -47,8 +47,8 @@ def tiny_model():
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv2d_tiny")(x)
     x = keras.layers.BatchNormalization(name="bn_tiny", trainable=False)(x)
     x = keras.layers.Activation("relu")(x)
-    boxes = roi_pooling.ImageBoxes()(sizes)
-    x = roi_pooling.RoiPooling2D(6, 0.5, name="roi_pooling")([x, boxes])
+    boxes = ImageBoxes()(sizes)
+    x = RoiPooling2D(6, 0.5, name="roi_pooling")([x, boxes])
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Concatenate()([x, ThemeEmbedding(4, 5, name="theme_fc")(theme)])
     return keras.Model([image, sizes, theme], keras.layers.Dense(10, activation="softmax", name="distribution")(x))

@@ -5,7 +5,7 @@ Murray & Gordo 2017 §3.2 / §3.4: the network sees every image whole, at its ow
 original aspect ratio". To batch such images, images of similar aspect ratio are grouped into
 one batch and padded to the batch's largest height and width, each image at the top-left, and
 each image's valid size ``(h, w)`` travels with it (for :func:`ku.models.masking.masked_model`
-and :class:`ku.layers.spp.SpatialPyramidPooling`).
+and :class:`ku.layers.SpatialPyramidPooling`).
 
 Pipeline (:func:`aspect_batches`)::
 

@@ -52,6 +52,16 @@ class ThemeEmbedding(keras.layers.Layer):
         unknown: ``"zero"`` or ``"learned"`` (see above).
         activation: applied to ``W[t] + b`` (default None = linear).
         kernel_initializer, bias_initializer, kernel_regularizer: as for ``Dense``.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from ku.layers import ThemeEmbedding
+
+    themes = np.array([3, 0, 1397], "int32")                 # AVA challenge indices, 0 = unknown
+    theme_features = ThemeEmbedding(n_themes=1398, dim=256)(themes)  # (3, 256); unknown -> bias
+    ```
     """
 
     def __init__(self, n_themes=AVA_N_THEMES, dim=256, unknown="zero", activation=None,

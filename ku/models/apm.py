@@ -50,9 +50,8 @@ from typing import Optional, Sequence
 
 import keras
 import numpy as np
-from keras import ops
 
-from ku.layers.spp import SpatialPyramidPooling
+from ku.layers import DistributionMean, L1Normalization, SpatialPyramidPooling
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +131,8 @@ def apm_backbone(backbone: str = "resnet101", weights="imagenet", *, masked: boo
     conv = keras.Model(base.inputs, feat, name=f"{base.name}_conv")
     images = keras.Input(shape=tuple(input_shape), name="image")
     sizes = keras.Input(shape=(2,), dtype="int32", name="valid_size")
-    from ku.models.masking import MapValidSize, size_mapping
+    from ku.layers import MapValidSize
+    from ku.models.masking import size_mapping
 
     fsizes = sizes
     for i, (_, geometry) in enumerate(size_mapping(base, feat)):
@@ -171,7 +171,7 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
         input_shape: image shape, ``(None, None, 3)`` = any size.
         backbone_model: a prebuilt :func:`apm_backbone` to use (weights shared) instead of
             building one (``backbone``/``weights``/``masked``/... are then ignored).
-        feature_normalization: put a :class:`ku.models.heads.FeatureStandardization` layer
+        feature_normalization: put a :class:`ku.layers.FeatureStandardization` layer
             (``apm_feature_norm``) between the L2-normalised SPP vector and ``apm_fc1`` (ku, not
             the paper). It is the identity until :func:`adapt_feature_normalization` sets it from
             the training images' SPP vectors; see that function for why.
@@ -205,7 +205,7 @@ def apm_model(backbone: str = "resnet101", weights="imagenet", *, variant: str =
     features, fsizes = net(_upscale_small([images, sizes], backbone))
     x = SpatialPyramidPooling(levels, mode=spp_mode, l2_normalize=True, name=SPP)([features, fsizes])
     if feature_normalization:
-        from ku.models.heads import FeatureStandardization
+        from ku.layers import FeatureStandardization
 
         x = FeatureStandardization(name=FEATURE_NORM)(x)
     x = keras.layers.Dense(fc_units, activation="relu", name=FC1)(x)
@@ -230,7 +230,7 @@ def _upscale_small(inputs, backbone):
     :class:`ku.layers.MinSideUpscale`, so ``predict`` / ``__call__`` never see a feature map
     that is empty; a fixed canvas that is large enough needs no layer."""
     from ku.backbones import BACKBONES
-    from ku.layers.min_side import MinSideUpscale
+    from ku.layers import MinSideUpscale
 
     spec = BACKBONES.get(backbone)
     hw = tuple(inputs[0].shape[1:3])
@@ -250,7 +250,7 @@ def adapt_feature_normalization(model: keras.Model, spp_train) -> None:
     training images' SPP vectors ``spp_train`` ``(N, D)`` (:func:`spp_features_model`).
 
     Each of the ``D`` components is centred and scaled to a deviation of ``1 / sqrt(D)``
-    (:meth:`ku.models.heads.FeatureStandardization.set_statistics`), so the vector that reaches
+    (:meth:`ku.layers.FeatureStandardization.set_statistics`), so the vector that reaches
     ``apm_fc1`` has a squared norm of 1 on average, like the paper's L2-normalised vector, and
     the paper's learning rate suits it. Why (not in the paper): with ImageNet weights the SPP
     vectors of different images point in different directions; with a randomly initialised
@@ -507,34 +507,6 @@ def copy_backbone_weights(source: keras.Model, target: keras.Model) -> int:
 # --------------------------------------------------------------------------------------------
 # inference model with eq. 2 outputs
 # --------------------------------------------------------------------------------------------
-@keras.saving.register_keras_serializable(package="ku")
-class L1Normalization(keras.layers.Layer):
-    """``p / sum(p)`` over the last axis (Murray & Gordo §3.4, evaluation-time normalisation);
-    all-zero rows become uniform. Shape ``(B, K) -> (B, K)``."""
-
-    def __init__(self, epsilon=1e-12, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = float(epsilon)
-
-    def call(self, p):
-        s = ops.sum(p, axis=-1, keepdims=True)
-        k = ops.cast(ops.shape(p)[-1], p.dtype)
-        return ops.where(s > self.epsilon, p / ops.maximum(s, self.epsilon), ops.ones_like(p) / k)
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package="ku")
-class DistributionMean(keras.layers.Layer):
-    """``sum_i i * p_i`` for a normalised ``(B, K)`` distribution over scores ``1..K`` (eq. 2);
-    output ``(B, 1)``."""
-
-    def call(self, p):
-        scores = ops.cast(ops.arange(1, ops.shape(p)[-1] + 1), p.dtype)
-        return ops.sum(p * scores, axis=-1, keepdims=True)
-
-
 def apm_inference_model(model: keras.Model, fusion_weight: Optional[float] = None) -> keras.Model:
     """Wrap a trained APM for deployment: outputs ``{"distribution": p_hat (B, K),
     "mean": mu (B, 1)}`` (§3.4 normalisation, eq. 2). For APM-m give the late-fusion

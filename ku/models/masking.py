@@ -32,12 +32,14 @@ The rebuilt model shares its layers (and so its weights) with the original.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import keras
 import numpy as np
-from keras import ops
+
+# The masking layers live in ku.layers; they stay importable from here (an older import path).
+from ku.layers import MapValidSize, MaskAwareAveragePooling2D, ValidRegionMask, valid_mask
+from ku.layers._utils import int_pair as _pair
 
 __all__ = [
     "ValidRegionMask",
@@ -61,149 +63,6 @@ _POSITIONWISE = {
 }
 _CONV = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D"}
 _POOL = {"MaxPooling2D", "AveragePooling2D"}
-
-
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
-
-
-def valid_mask(sizes, height, width, dtype="float32"):
-    """(B, H, W, 1) mask: 1 inside ``[0, h_b) x [0, w_b)`` of each image ``b``, else 0.
-
-    Args:
-        sizes: (B, 2) integer tensor of valid (height, width).
-        height, width: the canvas size (ints or scalar tensors).
-    """
-    sizes = ops.cast(sizes, "int32")
-    rows = ops.reshape(ops.arange(height, dtype="int32"), (1, -1, 1))
-    cols = ops.reshape(ops.arange(width, dtype="int32"), (1, 1, -1))
-    inside = ops.logical_and(ops.less(rows, ops.reshape(sizes[:, 0], (-1, 1, 1))),
-                             ops.less(cols, ops.reshape(sizes[:, 1], (-1, 1, 1))))
-    return ops.cast(inside, dtype)[..., None]
-
-
-@keras.saving.register_keras_serializable(package="ku")
-class ValidRegionMask(keras.layers.Layer):
-    """Zero everything outside each image's valid region (padded batches of Murray & Gordo 2017
-    §3.2 and Jia, Li, He 2019 §III-A; see the module docstring).
-
-    Inputs: ``[x (B, H, W, C), sizes (B, 2) int]`` with ``sizes[b] = (h_b, w_b)``, the valid
-    region being rows ``< h_b`` and columns ``< w_b`` (image at the top-left of the canvas).
-    Output: ``x * mask``, shape (B, H, W, C).
-    """
-
-    def call(self, inputs):
-        x, sizes = inputs
-        shape = ops.shape(x)
-        return x * valid_mask(sizes, shape[1], shape[2], x.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-
-@keras.saving.register_keras_serializable(package="ku")
-class MapValidSize(keras.layers.Layer):
-    """Map valid sizes (B, 2) through one layer's geometry (where each padded image's valid region
-    ends after a convolution / pooling / zero padding; Murray & Gordo §3.2, Jia et al. §III-A).
-
-    Per axis with input extent ``n``: first ``n + pad_before + pad_after``, then for
-    ``padding="valid"``: ``max(floor((n - d*(k-1) - 1) / s) + 1, 0)``; for ``"same"``:
-    ``ceil(n / s)``. (Pads count as valid: they are zeros in the unpadded image too.)
-
-    Input: ``(B, 2)`` valid ``(height, width)`` per image (any numeric dtype). Output: ``(B, 2)``
-    int32, also under a mixed-precision dtype policy.
-
-    Args:
-        kernel_size, strides, dilation_rate: ints or pairs (height, width).
-        padding: ``"valid"`` or ``"same"``.
-        pads: ``((top, bottom), (left, right))`` of a ``ZeroPadding2D``.
-    """
-
-    def __init__(self, kernel_size=1, strides=1, padding="valid", dilation_rate=1,
-                 pads=((0, 0), (0, 0)), **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_size = _pair(kernel_size)
-        self.strides = _pair(strides)
-        self.dilation_rate = _pair(dilation_rate)
-        self.padding = str(padding).lower()
-        if self.padding not in ("valid", "same"):
-            raise ValueError(f"MapValidSize: padding must be 'valid' or 'same', got {padding!r}")
-        self.pads = tuple(_pair(p) for p in pads)
-
-    def call(self, sizes):
-        sizes = ops.cast(sizes, "int32")
-        out = []
-        for axis in range(2):
-            n = sizes[:, axis] + (self.pads[axis][0] + self.pads[axis][1])
-            k, s, d = self.kernel_size[axis], self.strides[axis], self.dilation_rate[axis]
-            if self.padding == "valid":
-                n = ops.maximum(ops.floor_divide(n - (d * (k - 1) + 1), s) + 1, 0)
-            else:
-                n = ops.floor_divide(n + (s - 1), s)
-            out.append(n)
-        return ops.stack(out, axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_output_spec(self, sizes):
-        # int32 sizes whatever the input dtype or the layer's dtype policy (as ``call`` returns)
-        return keras.KerasTensor(sizes.shape, dtype="int32")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(kernel_size=self.kernel_size, strides=self.strides, padding=self.padding,
-                      dilation_rate=self.dilation_rate, pads=self.pads)
-        return config
-
-    def map_numpy(self, sizes):
-        """The same mapping on a numpy (N, 2) array."""
-        sizes = np.asarray(sizes, dtype=np.int64)
-        out = np.empty_like(sizes)
-        for axis in range(2):
-            n = sizes[:, axis] + sum(self.pads[axis])
-            k, s, d = self.kernel_size[axis], self.strides[axis], self.dilation_rate[axis]
-            if self.padding == "valid":
-                out[:, axis] = np.maximum((n - (d * (k - 1) + 1)) // s + 1, 0)
-            else:
-                out[:, axis] = -(-n // s)
-        return out
-
-
-@keras.saving.register_keras_serializable(package="ku")
-class MaskAwareAveragePooling2D(keras.layers.Layer):
-    """``same`` average pooling that averages over each image's valid positions only (exact
-    masking of Inception blocks in padded batches; ``docs/design.md`` §3, Jia et al. §III-A).
-
-    Equals Keras' ``AveragePooling2D(padding="same")`` on the unpadded image (which does not count
-    its own padding), for an image padded into a larger canvas. Inputs ``[x (B,H,W,C) zero outside
-    the valid region, sizes (B,2)]``; output (B, H', W', C), zero outside the output's valid region
-    (the caller masks it).
-    """
-
-    def __init__(self, pool_size=(3, 3), strides=(1, 1), **kwargs):
-        super().__init__(**kwargs)
-        self.pool_size = _pair(pool_size)
-        self.strides = _pair(strides)
-
-    def call(self, inputs):
-        x, sizes = inputs
-        shape = ops.shape(x)
-        mask = valid_mask(sizes, shape[1], shape[2], x.dtype)
-        # Keras' 'same' average divides by the in-canvas count; it cancels in the ratio.
-        num = ops.average_pool(x, self.pool_size, self.strides, padding="same")
-        den = ops.average_pool(mask, self.pool_size, self.strides, padding="same")
-        return num / ops.maximum(den, keras.config.epsilon())
-
-    def compute_output_shape(self, input_shape):
-        b, h, w, c = input_shape[0]
-        sh, sw = self.strides
-        return (b, None if h is None else math.ceil(h / sh), None if w is None else math.ceil(w / sw), c)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(pool_size=self.pool_size, strides=self.strides)
-        return config
 
 
 def layer_geometry(layer, exact: bool = True):

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from ku.backbones import build_backbone, mlsp_tap_names
-from ku.layers.area_pooling import AreaPooling2D
+from ku.layers import AreaPooling2D
 
 __all__ = [
     "mlsp_extractor",
@@ -175,7 +175,7 @@ def mlsp_end_to_end(extractor: keras.Model, head: keras.Model, name: str = "mlsp
     hw = tuple(extractor.input.shape[1:3])
     if min_side is None or (None not in hw and min(hw) >= min_side):  # fixed size: nothing to do
         return keras.Model(extractor.input, head(feat), name=name)
-    from ku.layers.min_side import MinSideUpscale
+    from ku.layers import MinSideUpscale
 
     image = keras.Input(tuple(extractor.input.shape[1:]), name="image")
     x = MinSideUpscale(int(min_side), small_images=small_images, name="min_side_upscale")(image)

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from ku.layers.spp import SpatialPyramidPooling
+from ku.layers import SpatialPyramidPooling
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def build_teacher(weights="imagenet", image_size: int = 224, *, download: bool =
             a ``.h5`` file, or None (random; for tests).
         image_size: square input side (224 as trained on ImageNet).
     """
-    from ku.layers.preprocessing import ImagePreprocessing
+    from ku.layers import ImagePreprocessing
 
     if weights is None:
         path = None

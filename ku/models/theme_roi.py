@@ -43,8 +43,7 @@ import logging
 import keras
 import numpy as np
 
-from ku.layers.roi_pooling import ImageBoxes, RoiAlign2D, RoiPooling2D
-from ku.layers.theme_embedding import AVA_N_THEMES, ThemeEmbedding
+from ku.layers import AVA_N_THEMES, ImageBoxes, RoiAlign2D, RoiPooling2D, ThemeEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         backbone: an already built ``build_backbone("inception_v3", ...)`` model to take the
             layers from (its layers are *shared*, not copied); default: build one.
         name: model name.
-        feature_normalization: put a :class:`ku.models.heads.FeatureStandardization` layer
+        feature_normalization: put a :class:`ku.layers.FeatureStandardization` layer
             (``feature_norm``, the identity until set) between the global average pooling and the
             output layer; set it from the training images' pooled features with
             :func:`adapt_feature_normalization` before training. Not in the paper: with
@@ -221,7 +220,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
     sizes_in = keras.Input((2,), dtype="int32", name="valid_size")
     # ku's size policy (ku.size_policy): images below Inception-v3's 75 px are upscaled in the
     # canvas (as far as a fixed canvas allows), so the stem never runs out of pixels
-    from ku.layers.min_side import MinSideUpscale
+    from ku.layers import MinSideUpscale
 
     image, sizes = MinSideUpscale(75, name="min_side_upscale")([image_in, sizes_in])
     if masked:
@@ -230,7 +229,8 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
         stem = masked_model(bb, outputs=[stem_name], name="masked_stem")
         feats, feat_sizes = stem._run_through_graph([image, sizes], operation_fn=lambda op: op)
     else:
-        from ku.models.masking import MapValidSize, size_mapping
+        from ku.layers import MapValidSize
+        from ku.models.masking import size_mapping
 
         stem = keras.Model(bb.inputs, bb.get_layer(stem_name).output)
         feats = stem._run_through_graph(image, operation_fn=lambda op: op)
@@ -252,7 +252,7 @@ def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes
     visual = tail._run_through_graph(pooled, operation_fn=lambda op: op)
     visual = keras.layers.GlobalAveragePooling2D(name="adaptive_avg_pool")(visual)
     if feature_normalization:
-        from ku.models.heads import FeatureStandardization
+        from ku.layers import FeatureStandardization
 
         visual = FeatureStandardization(name="feature_norm")(visual)
     inputs = [image_in, sizes_in]

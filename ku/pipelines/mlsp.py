@@ -60,7 +60,7 @@ def build_head(name: str, feature_shape, *, backbone: str = "inception_resnet_v2
 
     ``input_normalization=True`` puts a per-channel standardisation first (set it with
     :func:`ku.models.heads.adapt_head_input` before training; not in the paper, see
-    :class:`ku.models.heads.FeatureStandardization`).
+    :class:`ku.layers.FeatureStandardization`).
     """
     from ku.backbones import mlsp_block_channels
     from ku.models import heads
