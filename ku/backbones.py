@@ -219,12 +219,58 @@ def _download(url: str, target: Path, md5: str, timeout: float) -> None:
             os.remove(tmp)
 
 
-def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.0,
-                          how_to_pass: str = "weights='<path to the .h5 file>'") -> Path:
-    """Local path of a backbone's ImageNet "notop" weights, downloading them if allowed.
+def cached_weights_file(file_name: str, url: str, md5: str, *, what: str, download: bool = True,
+                        timeout: float = 30.0, how_to_pass: str = "weights='<path to the .h5 file>'",
+                        extra_help: str = "") -> Path:
+    """Local path of a Keras weights file, from Keras' cache or downloaded once (MD5 checked).
 
     The cache is checked first (``keras_cache_dir()``, then Keras' ``/tmp/.keras/models``
-    fall-back), so no network access happens when the file is present.
+    fall-back), so no network access happens when the file is present; a download goes to the
+    first writable one.
+
+    Raises:
+        WeightsUnavailableError: not cached and the download is disabled or failed; the message
+            names ``what``, the file, the URL, the MD5 and the folder to put the file in.
+    """
+    for path in _candidate_files(file_name):
+        if path.is_file():
+            logger.debug("using cached weights %s", path)
+            return path
+    target = keras_cache_dir() / file_name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(target.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # Keras' own fall-back for read-only homes
+        target = _candidate_files(file_name)[-1]
+    reason = "download disabled (download=False)"
+    if download:
+        logger.info("downloading %s to %s", url, target)
+        try:
+            _download(url, target, md5, timeout)
+            return target
+        except Exception as e:  # URLError/timeouts (OSError), http.client errors, MD5 mismatch
+            reason = f"download failed: {type(e).__name__}: {e}"
+    folder = keras_cache_dir()
+    raise WeightsUnavailableError(
+        f"{what} are not available ({reason}).\n"
+        f"  file:   {file_name}\n"
+        f"  url:    {url}\n"
+        f"  md5:    {md5}\n"
+        f"  folder: {folder}\n"
+        f"On an offline machine, download the file elsewhere and copy it to "
+        f"{folder / file_name}{extra_help}, or pass {how_to_pass}.",
+        file_name=file_name,
+        url=url,
+        folder=str(folder),
+    )
+
+
+def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.0,
+                          how_to_pass: str = "weights='<path to the .h5 file>'") -> Path:
+    """Local path of a backbone's ImageNet "notop" weights, downloading them if allowed
+    (:func:`cached_weights_file`).
 
     Args:
         name: a key of :data:`BACKBONES`.
@@ -238,40 +284,10 @@ def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.
             names the file, the URL and the folder to put it in.
     """
     spec = _spec(name)
-    for path in _candidate_files(spec.weights_file):
-        if path.is_file():
-            logger.debug("using cached ImageNet weights %s", path)
-            return path
-    target = keras_cache_dir() / spec.weights_file
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        writable = os.access(target.parent, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:  # Keras' own fall-back for read-only homes
-        target = _candidate_files(spec.weights_file)[-1]
-    reason = "download disabled (download=False)"
-    if download:
-        logger.info("downloading %s to %s", spec.weights_url, target)
-        try:
-            _download(spec.weights_url, target, spec.weights_md5, timeout)
-            return target
-        except Exception as e:  # URLError/timeouts (OSError), http.client errors, MD5 mismatch
-            reason = f"download failed: {type(e).__name__}: {e}"
-    folder = keras_cache_dir()
-    raise WeightsUnavailableError(
-        f"ImageNet weights for backbone {name!r} are not available ({reason}).\n"
-        f"  file:   {spec.weights_file}\n"
-        f"  url:    {spec.weights_url}\n"
-        f"  md5:    {spec.weights_md5}\n"
-        f"  folder: {folder}\n"
-        f"On an offline machine, download the file elsewhere and copy it to "
-        f"{folder / spec.weights_file} (the folder follows $KERAS_HOME, default ~/.keras), "
-        f"or pass {how_to_pass}.",
-        file_name=spec.weights_file,
-        url=spec.weights_url,
-        folder=str(folder),
-    )
+    return cached_weights_file(
+        spec.weights_file, spec.weights_url, spec.weights_md5,
+        what=f"ImageNet weights for backbone {name!r}", download=download, timeout=timeout,
+        how_to_pass=how_to_pass, extra_help=" (the folder follows $KERAS_HOME, default ~/.keras)")
 
 
 def _load_weights(model: keras.Model, path: Path, what: str) -> None:

@@ -267,9 +267,9 @@ def _call_apm(model, images, sizes, themes):
         p = _first(out)
     if p.shape[-1] == 1:
         return p
-    total = tf.reduce_sum(p, axis=-1, keepdims=True)
-    k = tf.cast(tf.shape(p)[-1], p.dtype)
-    return tf.where(total > 1e-12, p / tf.maximum(total, 1e-12), tf.ones_like(p) / k)
+    from ku.layers.l1_normalization import l1_normalize
+
+    return l1_normalize(p)
 
 
 # -- theme_roi -------------------------------------------------------------------------------

@@ -118,6 +118,9 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
     import cv2
     import tensorflow as tf
 
+    from ku.layers.l1_normalization import l1_normalize
+    from ku.losses import huber_bin_loss
+
     x0 = np.asarray(image, dtype=np.float32)
     if x0.ndim != 3 or x0.shape[-1] != 3:
         raise ValueError(f"modify_image: image must be (H, W, 3), got shape {x0.shape}")
@@ -130,10 +133,7 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
     sizes = tf.constant([x0.shape[:2]], tf.int32)
 
     def predict(x):
-        p = tf.cast(_pick(model([x, sizes], training=False), output), tf.float32)
-        s = tf.reduce_sum(p, axis=-1, keepdims=True)
-        k = tf.cast(tf.shape(p)[-1], tf.float32)
-        return tf.where(s > 1e-12, p / tf.maximum(s, 1e-12), tf.ones_like(p) / k)
+        return l1_normalize(tf.cast(_pick(model([x, sizes], training=False), output), tf.float32))
 
     p_before = predict(tf.constant(x0[None]))[0].numpy().astype(np.float64)
     if isinstance(target, str):
@@ -144,13 +144,12 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
             raise ValueError(f"modify_image: target has shape {t.shape}, the model predicts {p_before.shape}")
         t = t / t.sum()
     t_tf = tf.constant(t[None], tf.float32)
-    delta = 1.0 / 9.0
 
     def objective(x):
-        d = tf.abs(predict(x) - t_tf)
-        if loss == "huber":
-            return tf.reduce_sum(tf.where(d <= delta, 0.5 * d * d, delta * (d - 0.5 * delta)))
-        return tf.reduce_sum(d * d)
+        p = predict(x)
+        if loss == "huber":  # eq. 1 with sigma = 3 (delta = 1/9), the training loss
+            return tf.reduce_sum(huber_bin_loss(t_tf, p, sigma=3.0))
+        return tf.reduce_sum(tf.square(p - t_tf))
 
     @tf.function(reduce_retracing=True)
     def step(x):

@@ -6,7 +6,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["L1Normalization"]
+__all__ = ["L1Normalization", "l1_normalize"]
+
+
+def l1_normalize(p, epsilon: float = 1e-12):
+    """``p / sum(p)`` over the last axis, all-zero rows (sum <= ``epsilon``) uniform; any backend
+    tensor (also a TensorFlow tensor inside a ``tf.function``). Shape ``(..., K) -> (..., K)``."""
+    s = ops.sum(p, axis=-1, keepdims=True)
+    k = ops.cast(ops.shape(p)[-1], p.dtype)
+    return ops.where(s > epsilon, p / ops.maximum(s, epsilon), ops.ones_like(p) / k)
 
 
 @keras.saving.register_keras_serializable(package="ku")
@@ -30,9 +38,7 @@ class L1Normalization(keras.layers.Layer):
         self.epsilon = float(epsilon)
 
     def call(self, p):
-        s = ops.sum(p, axis=-1, keepdims=True)
-        k = ops.cast(ops.shape(p)[-1], p.dtype)
-        return ops.where(s > self.epsilon, p / ops.maximum(s, self.epsilon), ops.ones_like(p) / k)
+        return l1_normalize(p, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}

@@ -52,26 +52,12 @@ _TEACHER_MD5 = "f1aeb4b969a6efcfb50fad2f0c20cfc5"  # keras.src.applications.resn
 # teacher
 # --------------------------------------------------------------------------------------------
 def _teacher_weights_path(download: bool, timeout: float) -> Path:
-    from ku.backbones import WeightsUnavailableError, _candidate_files, _download, keras_cache_dir
+    from ku.backbones import cached_weights_file
 
-    for p in _candidate_files(TEACHER_FILE):
-        if p.is_file():
-            return p
-    target = keras_cache_dir() / TEACHER_FILE
-    reason = "download disabled (download=False)"
-    if download:
-        try:
-            _download(_TEACHER_URL, target, _TEACHER_MD5, timeout)
-            return target
-        except Exception as e:  # offline, timeout, MD5 mismatch
-            reason = f"download failed: {type(e).__name__}: {e}"
-    folder = keras_cache_dir()
-    raise WeightsUnavailableError(
-        f"ImageNet ResNet-101 classifier weights (the semantic teacher) are not available ({reason}).\n"
-        f"  file:   {TEACHER_FILE}\n  url:    {_TEACHER_URL}\n  md5:    {_TEACHER_MD5}\n"
-        f"  folder: {folder}\nOn an offline machine, download the file elsewhere and copy it to "
-        f"{folder / TEACHER_FILE}, or pass teacher weights='<path to the .h5 file>'.",
-        file_name=TEACHER_FILE, url=_TEACHER_URL, folder=str(folder))
+    return cached_weights_file(
+        TEACHER_FILE, _TEACHER_URL, _TEACHER_MD5, download=download, timeout=timeout,
+        what="ImageNet ResNet-101 classifier weights (the semantic teacher)",
+        how_to_pass="teacher weights='<path to the .h5 file>'")
 
 
 def build_teacher(weights="imagenet", image_size: int = 224, *, download: bool = True,
