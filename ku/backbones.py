@@ -290,6 +290,20 @@ def imagenet_weights_path(name: str, download: bool = True, timeout: float = 30.
         how_to_pass=how_to_pass, extra_help=" (the folder follows $KERAS_HOME, default ~/.keras)")
 
 
+def freeze_batch_norm(model: keras.Model) -> int:
+    """Freeze every ``BatchNormalization`` layer of ``model`` (parameters and statistics; Keras 3
+    runs a non-trainable BN in inference mode). Both whole-image papers do this on their
+    ImageNet backbones: Murray & Gordo 2017 §3.4 (batches of 16 images of different sizes) and Jia
+    et al. 2019 §IV-B ("we fix the parameters of BN layer on pre-trained models"). Returns the
+    number of layers frozen."""
+    n = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            n += 1
+    return n
+
+
 def _load_weights(model: keras.Model, path: Path, what: str) -> None:
     try:
         model.load_weights(str(path))

@@ -206,19 +206,26 @@ def report_table(y_true, y_pred, *, paper_rows: Sequence[str] | None = ("Pool-3F
     return pd.DataFrame(rows, columns=["model", "source", "N", "SRCC", "PLCC", "accuracy"])
 
 
-def format_table(df) -> str:
-    """Printable text of a :func:`report_table` frame: correlations with 3 decimals, accuracy in
-    percent with 2 decimals, missing values as ``-``."""
+def format_table(df, digits: int | None = None) -> str:
+    """Printable text of a results table, missing values as ``-``.
+
+    ``digits=None`` (a :func:`report_table` frame): SRCC, PLCC and RMSE with 3 decimals, accuracy
+    in percent with 2 decimals. An int: every numeric column (other than ``N``) with that many
+    decimals (e.g. 4 for the distribution metrics of Jia et al. 2019 Tables I-III)."""
 
     def num(fmt):
         return lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt(v)
 
-    formatters = {
-        "N": num(lambda v: f"{int(v)}"),
-        "SRCC": num(lambda v: f"{v:.3f}"),
-        "PLCC": num(lambda v: f"{v:.3f}"),
-        "accuracy": num(lambda v: f"{100 * v:.2f}%"),
-        "RMSE": num(lambda v: f"{v:.3f}"),
-    }
+    if digits is None:
+        formatters = {
+            "SRCC": num(lambda v: f"{v:.3f}"),
+            "PLCC": num(lambda v: f"{v:.3f}"),
+            "accuracy": num(lambda v: f"{100 * v:.2f}%"),
+            "RMSE": num(lambda v: f"{v:.3f}"),
+        }
+    else:
+        formatters = {c: num(lambda v: f"{v:.{int(digits)}f}") for c in df.columns
+                      if c not in ("model", "source", "N")}
+    formatters["N"] = num(lambda v: f"{int(v)}")
     return df.to_string(index=False, na_rep="-",
                         formatters={k: f for k, f in formatters.items() if k in df.columns})

@@ -115,13 +115,11 @@ def apm_backbone(backbone: str = "resnet101", weights="imagenet", *, masked: boo
             backbone's output).
         input_shape: image input shape, ``(None, None, 3)`` for any size.
     """
-    from ku.backbones import build_backbone
+    from ku import backbones
 
-    base = build_backbone(backbone, weights=weights, input_shape=input_shape)
+    base = backbones.build_backbone(backbone, weights=weights, input_shape=input_shape)
     if freeze_batch_norm:
-        for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        backbones.freeze_batch_norm(base)
     feature_layer = feature_layer or FEATURE_LAYERS.get(backbone)
     if masked:
         from ku.models.masking import masked_model

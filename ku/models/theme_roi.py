@@ -43,6 +43,7 @@ import logging
 import keras
 import numpy as np
 
+from ku.backbones import freeze_batch_norm
 from ku.layers import AVA_N_THEMES, ImageBoxes, RoiAlign2D, RoiPooling2D, ThemeEmbedding
 
 logger = logging.getLogger(__name__)
@@ -124,18 +125,6 @@ def stem_valid_sizes(sizes, backbone: keras.Model | None = None) -> np.ndarray:
 
     _, stem_name = replaced_pool_layer(backbone)
     return valid_output_sizes(backbone, sizes, output=stem_name)
-
-
-def freeze_batch_norm(model: keras.Model) -> int:
-    """Freeze every ``BatchNormalization`` layer (parameters and statistics; Keras 3 runs a
-    non-trainable BN in inference mode). Jia et al. §IV-B: "we fix the parameters of BN layer on
-    pre-trained models" (batch 16 is too small for batch statistics). Returns the count."""
-    n = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-            n += 1
-    return n
 
 
 def theme_roi_model(weights=None, canvas=800, roi_size=146, theme=True, n_themes=AVA_N_THEMES,
@@ -444,13 +433,3 @@ def ablation_table(rows, table="Table III"):
     out += [{"model": k, "source": f"Jia 2019 {table}", **dict(zip(_ABLATION_COLUMNS, v))}
             for k, v in JIA_ABLATIONS[table].items()]
     return pd.DataFrame(out, columns=["model", "source", *_ABLATION_COLUMNS])
-
-
-def format_table(df, digits=4) -> str:
-    """Printable text of a table of this module (missing values as ``-``)."""
-    def fmt(v):
-        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
-
-    cols = [c for c in df.columns if c not in ("model", "source", "N")]
-    return df.to_string(index=False, na_rep="-", formatters={
-        **{c: fmt for c in cols}, **({"N": lambda v: "-" if np.isnan(v) else str(int(v))} if "N" in df else {})})

@@ -163,7 +163,8 @@ def run_theme_roi(ids, work_dir, *, dataset: str = "demo", n_themes: int | None 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    from ku.models.theme_roi import ablation_row, ablation_table, format_table, jia_tables
+    from ku.evaluation import format_table
+    from ku.models.theme_roi import ablation_row, ablation_table, jia_tables
 
     variants = {"on": [True], "off": [False], "both": [True, False]}[theme]
     results, seconds, probes, run_dirs, first_model, cache = {}, {}, {}, {}, None, {}
@@ -183,12 +184,12 @@ def run_theme_roi(ids, work_dir, *, dataset: str = "demo", n_themes: int | None 
                         extra_rows={k: v for k, v in results.items() if k != first})
     echo(f"\nTable I layout (distribution metrics, smaller is better) -- {data_label}"
          + (" DEMO set: not comparable with the paper's AVA numbers" if demo else ""))
-    echo(format_table(t1))
+    echo(format_table(t1, digits=4))
     echo("\nTable II layout (mean / std.dev from the predicted distributions)")
-    echo(format_table(t2))
+    echo(format_table(t2, digits=4))
     echo("\nTable III layout")
     t3 = ablation_table([ablation_row(*v, k) for k, v in results.items()], "Table III")
-    echo(format_table(t3))
+    echo(format_table(t3, digits=4))
     if len(results) == 2:
         srcc = (t2.iloc[1]["SRCC"], t2.iloc[0]["SRCC"])
         srcc_std = (t2.iloc[1]["SRCC_std"], t2.iloc[0]["SRCC_std"])
