@@ -257,12 +257,12 @@ def adapt_feature_normalization(model: keras.Model, spp_train) -> None:
     see almost the same input for every image. Centring removes the shared part. Use the
     *training* split only.
     """
-    from ku.models.heads import adapt_head_input
+    from ku.models.heads import adapt_head_input_unit_norm
 
     x = np.asarray(spp_train)
     if x.ndim != 2:
         raise ValueError(f"adapt_feature_normalization: spp_train must be (N, D), got shape {x.shape}")
-    adapt_head_input(model, x, scale=1.0 / np.sqrt(x.shape[1]))
+    adapt_head_input_unit_norm(model, x)
 
 
 def apm_head_model(model: keras.Model) -> keras.Model:
@@ -533,10 +533,11 @@ def init_output_bias(model: keras.Model, value) -> None:
     Not in the paper: with a final ReLU, outputs that start negative for every image never
     receive a gradient; on the paper's 250k images this is rarely an issue, on a few hundred demo
     images with a few optimizer steps it is."""
+    from ku.models.heads import set_output_bias
+
     for name in (FC2, BRANCH_FC2):
         try:
             layer = model.get_layer(name)
         except ValueError:
             continue
-        kernel, bias = layer.get_weights()
-        layer.set_weights([kernel, np.broadcast_to(np.asarray(value, bias.dtype), bias.shape).copy()])
+        set_output_bias(layer, value)

@@ -358,6 +358,29 @@ def adapt_head_input(model: keras.Model, features, ids=None, *, min_std: float =
     return mean, std
 
 
+def adapt_head_input_unit_norm(model: keras.Model, vectors):
+    """:func:`adapt_head_input` with every channel of ``vectors`` ``(N, C)`` (or ``(N, ..., C)``,
+    flattened to rows) centred and scaled to ``1 / sqrt(C)``: the standardised vector has a squared
+    norm of 1 on average, like an L2-normalised one, so a paper's learning rate for FC layers on
+    normalised features suits it (used with frozen random backbones by
+    :func:`ku.models.apm.adapt_feature_normalization` and
+    :func:`ku.models.theme_roi.adapt_feature_normalization`; not in the papers)."""
+    x = np.asarray(vectors)
+    x = x.reshape(-1, x.shape[-1])
+    return adapt_head_input(model, x, scale=1.0 / np.sqrt(x.shape[1]))
+
+
+def set_output_bias(layer, value, *, zero_kernel: bool = False) -> None:
+    """Set a Dense ``layer``'s bias to ``value`` (broadcast to the bias shape, e.g. a mean score or
+    a mean distribution) and, with ``zero_kernel``, its kernel to zero, so that the untrained
+    layer outputs ``value`` (before its activation) for every input. Not in the papers: on a few
+    hundred images the first epochs would otherwise be spent finding the offset (see
+    :func:`ku.pipelines.mlsp.init_output_bias`, :func:`ku.models.apm.init_output_bias`)."""
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.zeros_like(kernel) if zero_kernel else kernel,
+                       np.broadcast_to(np.asarray(value, bias.dtype), bias.shape).copy()])
+
+
 # --------------------------------------------------------------------------------------------
 # heads
 # --------------------------------------------------------------------------------------------

@@ -349,11 +349,9 @@ def adapt_feature_normalization(model, features) -> None:
     the paper; the same reasoning as :func:`ku.models.apm.adapt_feature_normalization`: a
     randomly initialised Inception-v3 gives features with one dominant direction, and unit-scale
     channels with the paper's 10x FC learning rate made the softmax collapse)."""
-    from ku.models.heads import adapt_head_input
+    from ku.models.heads import adapt_head_input_unit_norm
 
-    x = np.asarray(features)
-    x = x.reshape(-1, x.shape[-1])
-    adapt_head_input(model, x, scale=1.0 / np.sqrt(x.shape[1]))
+    adapt_head_input_unit_norm(model, features)
 
 
 def theme_roi_head_model(model) -> keras.Model:

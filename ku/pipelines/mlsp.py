@@ -104,8 +104,9 @@ def init_output_bias(model, value: float, *, zero_kernel: bool = True):
     last = model.layers[-1]
     if not isinstance(last, keras.layers.Dense) or last.units != 1 or not last.use_bias:
         raise ValueError(f"{model.name}: last layer is not a 1-unit Dense with bias ({last.name})")
-    kernel, bias = last.get_weights()
-    last.set_weights([np.zeros_like(kernel) if zero_kernel else kernel, np.full_like(bias, value)])
+    from ku.models.heads import set_output_bias
+
+    set_output_bias(last, value, zero_kernel=zero_kernel)
 
 
 @dataclasses.dataclass
