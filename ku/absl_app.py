@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["EXIT_USAGE", "HELP_FLAGS", "deprecated_flag", "run"]
+__all__ = ["EXIT_USAGE", "HELP_FLAGS", "check_writable", "deprecated_flag", "run"]
 
 #: Exit status for bad arguments or unusable inputs (the same as ``ku.cli.EXIT_USAGE``).
 EXIT_USAGE = 2
@@ -66,3 +66,30 @@ def deprecated_flag(flag_values, old: str, new: str, values: dict | None = None)
     value = flag_values[old].value
     print(f"warning: --{old} is deprecated, use --{new}", file=sys.stderr, flush=True)
     setattr(flag_values, new, (values or {}).get(value, value))
+
+
+def check_writable(path, flag, folder=False):
+    """UsageError naming ``--flag`` unless ``path`` (a file, or a folder with ``folder=True``) can
+    be created or written. Run before any expensive work, so a run does not die at its end."""
+    import os
+    from pathlib import Path
+
+    from absl.app import UsageError
+
+    p = Path(path).expanduser().absolute()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise UsageError(f"--{flag}={path}: exists and is not a folder")
+        if not folder and p.is_dir():
+            raise UsageError(f"--{flag}={path}: is a folder, expected a file name")
+        target = p if folder else p.parent
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"--{flag}={path}: cannot write to {target} (permission denied)")
+        return
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UsageError(f"--{flag}={path}: cannot be created: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UsageError(f"--{flag}={path}: cannot be created in {anc} (permission denied)")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from ku import absl_app
+
 import train_mlsp  # noqa: F401  (defines the data flags: --ava_root, --labels_csv, --backbone, ...)
 
 FLAGS = flags.FLAGS
@@ -53,7 +55,7 @@ def main(argv):
         parts = sorted(p for pat in FLAGS.merge.split(",") for p in glob.glob(pat))
         if not parts:
             raise app.UsageError(f"--merge={FLAGS.merge!r}: no files match")
-        train_mlsp.check_writable(FLAGS.out, "out")
+        absl_app.check_writable(FLAGS.out, "out")
         from ku.data.store import merge_stores
 
         try:
@@ -65,7 +67,7 @@ def main(argv):
     # cheap checks first: a bad flag must not cost a backbone build or a dataset scan
     shard = parse_shard(FLAGS.shard) if FLAGS.shard else None
     train_mlsp.check_data_flags()
-    train_mlsp.check_writable(FLAGS.out or "features/store.h5", "out")
+    absl_app.check_writable(FLAGS.out or "features/store.h5", "out")
     ids, data_name = train_mlsp.load_ids()  # bad labels stop here, before TensorFlow is imported
     import keras
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from ku import absl_app
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("head_path", None, "Trained head (.keras) or released weights (.h5 with "
                     "--released; without --head_path, --released downloads them).")
@@ -38,21 +40,6 @@ flags.DEFINE_string("weights", None, "Deprecated: use --backbone_weights.")
 flags.DEFINE_integer("seed", 0, "Seed (only matters for a random backbone).")
 flags.DEFINE_integer("max_pixels", 50_000_000, "Skip (and report) images with more pixels than "
                      "this (read from the header, before decoding); 0 = no limit.", lower_bound=0)
-
-
-def check_writable(path, flag):
-    """UsageError naming ``--flag`` unless the file ``path`` can be created or written (checked
-    before the models are built, so that a run does not fail at its very end)."""
-    p = Path(path).expanduser().absolute()
-    if p.is_dir():
-        raise app.UsageError(f"--{flag}={path}: is a folder, expected a file name")
-    anc = p.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise app.UsageError(f"--{flag}={path}: cannot be created: {anc} is a file, not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise app.UsageError(f"--{flag}={path}: cannot be written (permission denied)")
 
 
 def main(argv):
@@ -79,7 +66,7 @@ def main(argv):
     src = Path(FLAGS.images)
     if not src.exists():
         raise app.UsageError(f"--images={src}: no such file or folder")
-    check_writable(FLAGS.out, "out")
+    absl_app.check_writable(FLAGS.out, "out")
     import pandas as pd
 
     if src.is_file() and src.suffix.lower() == ".csv":

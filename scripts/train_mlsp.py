@@ -14,6 +14,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from ku import absl_app
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ava_root", None, "AVA folder (AVA.txt, images/, aesthetics_image_lists/). "
                     "Default: the bundled demo set.")
@@ -70,28 +72,6 @@ def map_deprecated_flags():
     absl_app.deprecated_flag(FLAGS, "pooling", "features")
 
 
-def check_writable(path, flag, folder=False):
-    """UsageError naming ``--flag`` unless ``path`` (a file, or a folder with ``folder=True``) can
-    be created or written. Run before any expensive work, so a run does not die at its end."""
-    p = Path(path).expanduser().absolute()
-    if p.exists():
-        if folder and not p.is_dir():
-            raise app.UsageError(f"--{flag}={path}: exists and is not a folder")
-        if not folder and p.is_dir():
-            raise app.UsageError(f"--{flag}={path}: is a folder, expected a file name")
-        target = p if folder else p.parent
-        if not os.access(target, os.W_OK):
-            raise app.UsageError(f"--{flag}={path}: cannot write to {target} (permission denied)")
-        return
-    anc = p.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise app.UsageError(f"--{flag}={path}: cannot be created: {anc} is a file, not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise app.UsageError(f"--{flag}={path}: cannot be created in {anc} (permission denied)")
-
-
 def check_data_flags():
     """Cheap checks of the data flags (before any import of TensorFlow)."""
     if FLAGS.ava_root and FLAGS.labels_csv:
@@ -138,7 +118,7 @@ def run(head=None, features=None):
     map_deprecated_flags()
     check_data_flags()  # cheap checks before TensorFlow is imported
     if FLAGS.work_dir:
-        check_writable(FLAGS.work_dir, "work_dir", folder=True)
+        absl_app.check_writable(FLAGS.work_dir, "work_dir", folder=True)
     from ku import plots
     from ku.evaluation import format_table
     from ku.pipelines.mlsp import run_mlsp
