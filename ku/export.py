@@ -289,14 +289,13 @@ def _call_theme_roi(model, images, sizes, themes):
     ``ku.data.canvas``) and zero-padded at the bottom/right; the valid size goes with them."""
     import tensorflow as tf
 
+    from ku.data.canvas import canvas_fit_size
+
     canvas = _canvas(model)
     if canvas is not None:
         ch, cw = canvas
-        hw = tf.shape(images)[1:3]
-        hwf = tf.cast(hw, tf.float64)
-        scale = tf.minimum(tf.minimum(ch / hwf[0], cw / hwf[1]), 1.0)
-        new = tf.stack([tf.clip_by_value(tf.cast(tf.round(hwf[0] * scale), tf.int32), 1, ch),
-                        tf.clip_by_value(tf.cast(tf.round(hwf[1] * scale), tf.int32), 1, cw)])
+        scale, nh, nw = canvas_fit_size(tf.shape(images)[1:3], ch, cw)
+        new = tf.stack([nh, nw])
         images = tf.cond(scale < 1.0, lambda: tf.clip_by_value(
             tf.image.resize(images, new, method="area"), 0.0, 255.0), lambda: images)
         sizes = tf.tile(new[None, :], [tf.shape(images)[0], 1])

@@ -54,6 +54,7 @@ __all__ = [
     "n_test_views",
     "targets_from_ids",
     "canvas_image",
+    "canvas_fit_size",
 ]
 
 MODES = ("pad_roi", "resize", "resized_pad", "random_crop")
@@ -156,16 +157,30 @@ def _resize(img, h, w):
     return tf.clip_by_value(out, 0.0, 255.0)
 
 
+def canvas_fit_size(hw, ch, cw, *, enlarge=False):
+    """The size an image of ``hw = (h, w)`` (int32 tensor) gets on a ``ch x cw`` canvas, aspect
+    kept: ``(scale, nh, nw)`` with ``scale = min(ch / h, cw / w)``, capped at 1 unless ``enlarge``
+    (images are only scaled down to fit, Jia et al. 2019 §III-A; ``resized_pad`` fills the canvas),
+    ``nh = round(h * scale)`` clipped to ``1..ch`` (``nw`` likewise). Graph ops; the data pipeline
+    (:func:`canvas_image`) and the exported model (:mod:`ku.export`) use this one rule."""
+    import tensorflow as tf
+
+    hf, wf = tf.cast(hw[0], tf.float64), tf.cast(hw[1], tf.float64)
+    scale = tf.minimum(tf.cast(ch, tf.float64) / hf, tf.cast(cw, tf.float64) / wf)
+    if not enlarge:
+        scale = tf.minimum(scale, 1.0)
+    nh = tf.clip_by_value(tf.cast(tf.round(hf * scale), tf.int32), 1, ch)
+    nw = tf.clip_by_value(tf.cast(tf.round(wf * scale), tf.int32), 1, cw)
+    return scale, nh, nw
+
+
 def _scale_to_fit(img, ch, cw, *, enlarge=False, path=None, log=True):
     """Scale (aspect kept) so that the image fits into ch x cw; only down unless ``enlarge``."""
     import tensorflow as tf
 
     shape = tf.shape(img)
     h, w = shape[0], shape[1]
-    hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
-    scale = tf.minimum(tf.cast(ch, tf.float64) / hf, tf.cast(cw, tf.float64) / wf)
-    nh = tf.clip_by_value(tf.cast(tf.round(hf * scale), tf.int32), 1, ch)
-    nw = tf.clip_by_value(tf.cast(tf.round(wf * scale), tf.int32), 1, cw)
+    scale, nh, nw = canvas_fit_size(shape[:2], ch, cw, enlarge=enlarge)
     if enlarge:  # resized_pad: always fill the canvas along the longer side
         return tf.cond(tf.logical_or(nh != h, nw != w), lambda: _resize(img, nh, nw),
                        lambda: tf.cast(img, tf.float32))
