@@ -1,5 +1,5 @@
-"""Helpers shared by ku's losses: the ``(y_true, y_pred)`` check and a root with a finite
-gradient at 0."""
+"""Helpers shared by ku's losses: the ``(y_true, y_pred)`` check, a root with a finite
+gradient at 0, and the base of the registered loss classes."""
 from __future__ import annotations
 
 import keras
@@ -32,3 +32,21 @@ def safe_root(x, r):
     root = ops.sqrt(safe) if r == 2 else ops.power(safe, 1.0 / r)
     return ops.where(positive, root, ops.zeros_like(x))
 
+
+class FunctionLoss(keras.losses.Loss):
+    """Base of ku's registered losses: the per-sample function ``fn`` of the loss's module with the
+    keyword arguments ``fn_kwargs`` (attributes of the loss and its config), reduced over the batch
+    by Keras (``reduction``)."""
+
+    def __init__(self, fn, *, name, reduction="sum_over_batch_size", dtype=None, **fn_kwargs):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._fn = fn
+        self._fn_kwargs = dict(fn_kwargs)
+        for key, value in fn_kwargs.items():
+            setattr(self, key, value)
+
+    def call(self, y_true, y_pred):
+        return self._fn(y_true, y_pred, **self._fn_kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), **self._fn_kwargs}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ku.losses._common import pair
+from ku.losses._common import FunctionLoss, pair
 
 __all__ = ["CDLoss", "cd_loss"]
 
@@ -19,7 +19,7 @@ def cd_loss(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="ku")
-class CDLoss(keras.losses.Loss):
+class CDLoss(FunctionLoss):
     """Cumulative distribution loss ``sum_i (CDF_pred(i) - CDF_true(i))^2`` per sample, mean
     over the batch (Murray & Gordo 2017 eq. 3). Equals ``K * EMDLoss(r=2)^2``.
 
@@ -27,8 +27,4 @@ class CDLoss(keras.losses.Loss):
     """
 
     def __init__(self, name="cd_loss", reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-
-    def call(self, y_true, y_pred):
-        return cd_loss(y_true, y_pred)
-
+        super().__init__(cd_loss, name=name, reduction=reduction, dtype=dtype)

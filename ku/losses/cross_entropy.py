@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ku.losses._common import pair
+from ku.losses._common import FunctionLoss, pair
 
 __all__ = ["SoftCrossEntropy", "soft_cross_entropy"]
 
@@ -29,7 +29,7 @@ def soft_cross_entropy(y_true, y_pred, from_logits=False, eps=1e-7):
 
 
 @keras.saving.register_keras_serializable(package="ku")
-class SoftCrossEntropy(keras.losses.Loss):
+class SoftCrossEntropy(FunctionLoss):
     """Cross-entropy to soft targets ``-sum_k t_k log p_k`` (Murray & Gordo 2017 section 3.3,
     semantic stage trained on a teacher's softmax outputs).
 
@@ -41,13 +41,5 @@ class SoftCrossEntropy(keras.losses.Loss):
 
     def __init__(self, from_logits=False, eps=1e-7, name="soft_cross_entropy",
                  reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.eps = float(eps)
-
-    def call(self, y_true, y_pred):
-        return soft_cross_entropy(y_true, y_pred, from_logits=self.from_logits, eps=self.eps)
-
-    def get_config(self):
-        return {**super().get_config(), "from_logits": self.from_logits, "eps": self.eps}
-
+        super().__init__(soft_cross_entropy, name=name, reduction=reduction, dtype=dtype,
+                         from_logits=bool(from_logits), eps=float(eps))

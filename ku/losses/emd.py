@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ku.losses._common import pair, safe_root
+from ku.losses._common import FunctionLoss, pair, safe_root
 
 __all__ = ["EMDLoss", "emd_loss"]
 
@@ -42,7 +42,7 @@ def emd_loss(y_true, y_pred, r=2):
 
 
 @keras.saving.register_keras_serializable(package="ku")
-class EMDLoss(keras.losses.Loss):
+class EMDLoss(FunctionLoss):
     """Earth mover's distance loss, Jia et al. 2019 eq. 7 (section III-C; NIMA).
 
     Per sample ``(1/K * sum_k |CDF_true(k) - CDF_pred(k)|^r)^(1/r)``, then mean over the batch.
@@ -54,12 +54,4 @@ class EMDLoss(keras.losses.Loss):
     """
 
     def __init__(self, r=2, name="emd_loss", reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.r = _check_r(r)
-
-    def call(self, y_true, y_pred):
-        return emd_loss(y_true, y_pred, r=self.r)
-
-    def get_config(self):
-        return {**super().get_config(), "r": self.r}
-
+        super().__init__(emd_loss, name=name, reduction=reduction, dtype=dtype, r=_check_r(r))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ku.losses._common import pair, safe_root
+from ku.losses._common import FunctionLoss, pair, safe_root
 
 __all__ = ["EuclideanLoss", "euclidean_loss"]
 
@@ -25,7 +25,7 @@ def euclidean_loss(y_true, y_pred, squared=True):
 
 
 @keras.saving.register_keras_serializable(package="ku")
-class EuclideanLoss(keras.losses.Loss):
+class EuclideanLoss(FunctionLoss):
     """Euclidean loss between distributions (Murray & Gordo 2017 section 4.1,
     "VGG-ImN-dist-Eucl").
 
@@ -38,12 +38,5 @@ class EuclideanLoss(keras.losses.Loss):
 
     def __init__(self, squared=True, name="euclidean_loss", reduction="sum_over_batch_size",
                  dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.squared = bool(squared)
-
-    def call(self, y_true, y_pred):
-        return euclidean_loss(y_true, y_pred, squared=self.squared)
-
-    def get_config(self):
-        return {**super().get_config(), "squared": self.squared}
-
+        super().__init__(euclidean_loss, name=name, reduction=reduction, dtype=dtype,
+                         squared=bool(squared))

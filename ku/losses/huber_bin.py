@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ku.losses._common import pair
+from ku.losses._common import FunctionLoss, pair
 
 __all__ = ["HuberBinLoss", "huber_bin_loss"]
 
@@ -31,7 +31,7 @@ def huber_bin_loss(y_true, y_pred, sigma=3.0):
 
 
 @keras.saving.register_keras_serializable(package="ku")
-class HuberBinLoss(keras.losses.Loss):
+class HuberBinLoss(FunctionLoss):
     """Huber loss on each bin of the predicted distribution, summed over bins (Murray & Gordo
     2017 eq. 1, section 3.1); mean over the batch.
 
@@ -50,19 +50,12 @@ class HuberBinLoss(keras.losses.Loss):
 
     def __init__(self, sigma=3.0, name="huber_bin_loss", reduction="sum_over_batch_size",
                  dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
         if not float(sigma) > 0:
             raise ValueError(f"HuberBinLoss: sigma must be > 0; got {sigma!r}")
-        self.sigma = float(sigma)
+        super().__init__(huber_bin_loss, name=name, reduction=reduction, dtype=dtype,
+                         sigma=float(sigma))
 
     @property
     def delta(self):
         """``1 / sigma^2``: where the loss switches from quadratic to linear."""
         return 1.0 / self.sigma ** 2
-
-    def call(self, y_true, y_pred):
-        return huber_bin_loss(y_true, y_pred, sigma=self.sigma)
-
-    def get_config(self):
-        return {**super().get_config(), "sigma": self.sigma}
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ku.losses._common import pair
+from ku.losses._common import FunctionLoss, pair
 
 __all__ = ["KLDivergenceLoss", "kl_divergence_loss"]
 
@@ -20,7 +20,7 @@ def kl_divergence_loss(y_true, y_pred, eps=1e-7):
 
 
 @keras.saving.register_keras_serializable(package="ku")
-class KLDivergenceLoss(keras.losses.Loss):
+class KLDivergenceLoss(FunctionLoss):
     """KL(y_true || y_pred) for soft targets (Murray 2017 section 4; Jia 2019 IV-A "KL").
 
     Per sample ``sum_k t_k (log(t_k + eps) - log(p_k + eps))``; unlike
@@ -35,12 +35,5 @@ class KLDivergenceLoss(keras.losses.Loss):
 
     def __init__(self, eps=1e-7, name="kl_divergence_loss", reduction="sum_over_batch_size",
                  dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.eps = float(eps)
-
-    def call(self, y_true, y_pred):
-        return kl_divergence_loss(y_true, y_pred, eps=self.eps)
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps}
-
+        super().__init__(kl_divergence_loss, name=name, reduction=reduction, dtype=dtype,
+                         eps=float(eps))
