@@ -329,9 +329,9 @@ def decode_resize(data, size, channels: int = 3):
     """
     import tensorflow as tf
 
-    img = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
-    img.set_shape([None, None, channels])
-    img = tf.cast(img, tf.float32)
+    from ku.data.tf_decode import decode_image_uint8
+
+    img = tf.cast(decode_image_uint8(data, channels), tf.float32)
     size = tf.cast(size, tf.int32)
     same = tf.reduce_all(tf.equal(tf.shape(img)[:2], size))
     img = tf.cond(same, lambda: img,

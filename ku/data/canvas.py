@@ -138,10 +138,9 @@ def targets_from_ids(ids) -> np.ndarray:
 def _decode(path):
     import tensorflow as tf
 
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    img = tf.image.convert_image_dtype(img, tf.uint8) if img.dtype != tf.uint8 else img
-    img.set_shape([None, None, 3])
-    return img
+    from ku.data.tf_decode import decode_image_uint8
+
+    return decode_image_uint8(tf.io.read_file(path))
 
 
 def _resize(img, h, w):

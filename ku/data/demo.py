@@ -110,10 +110,11 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
+
+from ku.data._typing import PathLike
 
 __all__ = [
     "DEMO_VERSION",
@@ -134,7 +135,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 DEMO_VERSION = 2
 MARKER = "DEMO_COMPLETE.json"

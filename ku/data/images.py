@@ -68,11 +68,13 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable
 
 import cv2
 import numpy as np
 import pandas as pd
+
+from ku.data._typing import PathLike
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -88,7 +90,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: File extensions (lower case, with dot) treated as images by :func:`list_images`.
 IMAGE_EXTENSIONS: tuple[str, ...] = (

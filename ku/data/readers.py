@@ -42,10 +42,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ku.data._typing import PathLike
 
 __all__ = [
     "SETS",
@@ -65,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: Values of the ``set`` column.
 SETS = ("training", "validation", "test")
