@@ -202,7 +202,6 @@ def run_theme_roi(ids, work_dir, *, dataset: str = "demo", n_themes: int | None 
              f"(SRCC of the mean, EMD r=1) on {len(results[first][0])} test images.")
     from ku.baselines import baseline_table
     from ku.data.canvas import targets_from_ids
-    from ku.evaluation import format_table as format_scores
     from ku.evaluation import mean_scores
 
     y_train = mean_scores(targets_from_ids(ids[ids["set"] == "training"]))
@@ -212,7 +211,7 @@ def run_theme_roi(ids, work_dir, *, dataset: str = "demo", n_themes: int | None 
         base = baseline_table(mean_scores(true), mean_scores(pred), y_train, probe=probe, label=label,
                               probe_label=f"ridge probe on the features before training (alpha {alpha:g})")
         echo(f"\nWhat learning means for {label} (same {len(true)} test images; mean scores):")
-        echo(format_scores(base))
+        echo(format_table(base))
         baselines[label] = base
     total = time.time() - t_start
     echo(f"\ntime: {total:.0f} s in total; " + ", ".join(
