@@ -64,7 +64,7 @@ class AreaPooling2D(keras.layers.Layer):
     wide MLSP features). Each output cell ``(i, j)`` is the overlap-weighted average of the input
     pixels that fall into the cell ``[i H/oh, (i+1) H/oh) x [j W/ow, (j+1) W/ow)`` (fractional
     pixels contribute with the fraction of their area inside the cell). It is computed as two
-    small matrix contractions ``Wh @ x @ Ww^T`` whose weight matrices are built from the dynamic
+    small matrix products ``Wh @ x @ Ww^T`` (two batched matmuls) whose weight matrices are built from the dynamic
     input size (see :func:`area_weights`), so the layer works with ``None`` spatial dimensions,
     inside ``tf.function`` and in a SavedModel, and is differentiable.
 
@@ -115,18 +115,24 @@ class AreaPooling2D(keras.layers.Layer):
     def call(self, inputs):
         x = inputs
         oh, ow = self.output_size
-        shape = ops.shape(x)
-        # Weights in float32, contraction in the input dtype (float32 accumulation for float32
-        # inputs; rows of the weight matrices sum to one, so no overflow concerns).
+        # Static sizes where known (jax.jit traces sizes; ops.arange needs a concrete length there).
+        shape = [d if d is not None else ops.shape(x)[i] for i, d in enumerate(x.shape)]
+        # Two plain batched matmuls on reshaped views (no transposes): ~8x faster than the
+        # equivalent einsums on a 2-core CPU (TensorFlow transposed the whole map for them).
+        # Weights in float32, contraction in the input dtype (rows sum to one: no overflow).
         if self.data_format == "channels_last":
-            wh = area_weights(shape[1], oh, dtype=x.dtype)
-            ww = area_weights(shape[2], ow, dtype=x.dtype)
-            y = ops.einsum("ih,bhwc->biwc", wh, x)
-            return ops.einsum("jw,biwc->bijc", ww, y)
-        wh = area_weights(shape[2], oh, dtype=x.dtype)
-        ww = area_weights(shape[3], ow, dtype=x.dtype)
-        y = ops.einsum("ih,bchw->bciw", wh, x)
-        return ops.einsum("jw,bciw->bcij", ww, y)
+            b, h, w, c = shape
+            wh = area_weights(h, oh, dtype=x.dtype)                          # (oh, H)
+            ww = area_weights(w, ow, dtype=x.dtype)                          # (ow, W)
+            y = ops.matmul(wh, ops.reshape(x, (-1, h, w * c)))              # (B, oh, W*C)
+            y = ops.matmul(ww, ops.reshape(y, (-1, w, c)))                   # (B*oh, ow, C)
+            return ops.reshape(y, (-1, oh, ow, c))
+        b, c, h, w = shape
+        wh = area_weights(h, oh, dtype=x.dtype)
+        ww = area_weights(w, ow, dtype=x.dtype)
+        y = ops.matmul(ops.reshape(x, (-1, w)), ops.transpose(ww))           # (B*C*H, ow)
+        y = ops.matmul(wh, ops.reshape(y, (-1, h, ow)))                      # (B*C, oh, ow)
+        return ops.reshape(y, (-1, c, oh, ow))
 
     def compute_output_shape(self, input_shape):
         oh, ow = self.output_size
