@@ -312,6 +312,61 @@ def test_validation_correlation_distributions_use_means():
     assert logs["val_plcc"] == pytest.approx(scipy.stats.pearsonr(p_true @ s, p @ s).statistic, rel=1e-5)
 
 
+def test_validation_correlation_loss_equals_keras_evaluate():
+    """compute_loss=True: val_loss from the callback's predictions equals Keras' own validation
+    loss (batch means weighted by batch size), also with sample weights and a regularised model."""
+    rng = np.random.default_rng(4)
+    n = 37
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = rng.normal(size=n).astype("float32")
+    w = rng.uniform(0.1, 2.0, n).astype("float32")
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        1, kernel_regularizer=keras.regularizers.L2(0.3), kernel_initializer=keras.initializers.GlorotUniform(1))])
+    for loss in ("mse", "huber"):
+        m.compile(loss=loss)
+        for data, want in (((x, y), m.evaluate(x, y, batch_size=8, verbose=0)),
+                           (_Batches(x, y, 8), m.evaluate(x, y, batch_size=8, verbose=0)),
+                           ((x, y, w), m.evaluate(x, y, sample_weight=w, batch_size=8, verbose=0))):
+            cb = ValidationCorrelation(data, batch_size=8, compute_loss=True)
+            cb.set_model(m)
+            logs = {}
+            cb.on_epoch_end(0, logs)
+            assert logs["val_loss"] == pytest.approx(want, rel=1e-5), (loss, type(data))
+    cb = ValidationCorrelation((x, y), compute_loss=False)
+    cb.set_model(m)
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    assert "val_loss" not in logs
+
+
+class _CountingBatches(keras.utils.PyDataset):
+    def __init__(self, x, y, b):
+        super().__init__()
+        self.x, self.y, self.b, self.reads = x, y, b, 0
+
+    def __len__(self):
+        return -(-len(self.x) // self.b)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        s = slice(i * self.b, (i + 1) * self.b)
+        return self.x[s], self.y[s]
+
+
+def test_train_reads_the_validation_set_once_per_epoch(tmp_path):
+    train_xy, (xv, yv) = _regression(64, 0), _regression(29, 1)
+    val = _CountingBatches(xv, yv, 8)
+    res = train(tiny_model(), train_xy, val, run_dir=tmp_path / "once", max_epochs=3, verbose=0, batch_size=16,
+                schedule=_small_schedule(stage_epochs=5, patience=5))
+    assert res.epochs_run == 3 and val.reads == 3 * len(val)  # Keras' own pass would double it
+    np.testing.assert_allclose(res.history["val_loss"], res.history["val_mean_mse"], rtol=1e-5)
+    # with compiled metrics Keras evaluates too (its val_ metrics need its pass)
+    val2 = _CountingBatches(xv, yv, 8)
+    res2 = train(tiny_model(), train_xy, val2, run_dir=tmp_path / "twice", max_epochs=2, verbose=0, batch_size=16,
+                 metrics=["mae"], schedule=_small_schedule(stage_epochs=5, patience=5))
+    assert val2.reads >= 2 * 2 * len(val2) and "val_mae" in res2.history.columns
+
+
 # ---------------------------------------------------------------------------------------------
 # train()
 

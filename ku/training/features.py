@@ -69,7 +69,8 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
     """Compile with Adam and train with the schedule of Hosu et al. 2019 §3.3, resumably.
 
     Callbacks, in this order: :class:`ValidationCorrelation` (``val_srcc``, ``val_plcc``,
-    ``val_mean_mse`` on the whole validation set), the :class:`StagedLearningRate` schedule (its
+    ``val_mean_mse`` on the whole validation set, and ``val_loss`` from the same predictions unless
+    ``metrics``, a strategy or ``validation_*`` fit arguments need Keras' own validation pass), the :class:`StagedLearningRate` schedule (its
     best weights go to ``run_dir/best.weights.h5``, its state to ``run_dir/schedule_state.json``),
     ``callbacks`` (extra), :class:`HistoryLogger` (``run_dir/history.csv``, one row per epoch) and
     ``BackupAndRestore(run_dir/backup)`` (model + optimizer + epoch after every epoch; kept after
@@ -198,10 +199,14 @@ def train(model, train_data, validation_data, *, run_dir, loss="mse", learning_r
     if not is_dataset and batch_size is None:
         batch_size = 128
 
-    cbs = run.callbacks(ValidationCorrelation(validation_data, batch_size=validation_batch_size or batch_size or 128),
+    # One validation pass per epoch: ValidationCorrelation's predictions also give val_loss, unless
+    # Keras must evaluate (compiled metrics, a strategy's replicas, validation options for fit).
+    own_val_loss = run.strategy is None and not metrics and not any(k.startswith("validation_") for k in fit_kwargs)
+    cbs = run.callbacks(ValidationCorrelation(validation_data, batch_size=validation_batch_size or batch_size or 128,
+                                              compute_loss=own_val_loss),
                         schedule, *callbacks)
     hist = run.fit(model, x, y, batch_size=None if is_dataset else batch_size, epochs=int(max_epochs),
-                   validation_data=val_for_fit,
+                   validation_data=None if own_val_loss else val_for_fit,
                    validation_batch_size=validation_batch_size if isinstance(val_for_fit, tuple) else None,
                    shuffle=shuffle, callbacks=cbs, verbose=verbose, **fit_kwargs)
     epochs_run = len(hist.epoch) if hist is not None else 0

@@ -25,8 +25,9 @@ def _is_indexable_dataset(data) -> bool:
 
 
 def _split_batch(batch):
+    """``(x, y, w)`` of an ``(x, y)`` or ``(x, y, w)`` batch (``w`` None when absent)."""
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        return batch[0], batch[1]
+        return batch[0], batch[1], (batch[2] if len(batch) == 3 else None)
     raise ValueError("ValidationCorrelation: validation batches must be (x, y) or (x, y, sample_weight); "
                      f"got {type(batch).__name__}")
 
@@ -65,9 +66,15 @@ class ValidationCorrelation(keras.callbacks.Callback):
         batch_size: batch size for array inputs.
         prefix: prefix of the log keys.
         scores: bin values for distributions (default ``1..K``).
+        compute_loss: also set ``logs[prefix + "loss"]``, the compiled loss (with sample weights
+            when the data has them, plus the model's regularisation losses) over the whole set from
+            the same predictions, so that ``fit`` needs no validation pass of its own (one model
+            pass over the validation set per epoch instead of two). Equal to Keras' ``val_loss``
+            for losses that average over samples (Keras weights its per-batch means by batch size).
     """
 
-    def __init__(self, validation_data, batch_size: int = 128, prefix: str = "val_", scores=None):
+    def __init__(self, validation_data, batch_size: int = 128, prefix: str = "val_", scores=None,
+                 compute_loss: bool = False):
         super().__init__()
         if validation_data is None:
             raise ValueError("ValidationCorrelation: validation_data is None")
@@ -75,17 +82,21 @@ class ValidationCorrelation(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.prefix = str(prefix)
         self.scores = scores
+        self.compute_loss = bool(compute_loss)
+        self._weights = None
 
     def predict(self):
         """``(y_true, y_pred)`` on the whole validation set, as numpy arrays."""
         data = self.validation_data
+        self._weights = None
         if isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], keras.utils.PyDataset):
             x, y = data[0], data[1]
+            self._weights = _numpy(data[2]) if len(data) == 3 else None
             if _multi_worker_model(self.model):
                 return _numpy(y), np.concatenate([_numpy(self.model(x[i:i + self.batch_size], training=False))
                                                   for i in range(0, len(x), self.batch_size)])
             return _numpy(y), _numpy(self.model.predict(x, batch_size=self.batch_size, verbose=0))
-        ys, ps = [], []
+        ys, ps, ws = [], [], []
         if _is_indexable_dataset(data):
             n = len(data)
             if n is None:
@@ -94,14 +105,19 @@ class ValidationCorrelation(keras.callbacks.Callback):
         else:
             batches = iter(data)
         for batch in batches:
-            x, y = _split_batch(batch)
+            x, y, w = _split_batch(batch)
             ys.append(_numpy(y))
+            ws.append(None if w is None else _numpy(w))
             if _multi_worker_model(self.model):  # predict* would gather every worker's copy
                 ps.append(_numpy(self.model(x, training=False)))
             else:
                 ps.append(_numpy(self.model.predict_on_batch(x)))
         if not ys:
             raise ValueError("ValidationCorrelation: the validation data gave no batches")
+        if any(w is not None for w in ws):
+            if any(w is None for w in ws):
+                raise ValueError("ValidationCorrelation: some validation batches have sample weights, others not")
+            self._weights = np.concatenate(ws, axis=0)
         return np.concatenate(ys, axis=0), np.concatenate(ps, axis=0)
 
     def compute(self) -> dict:
@@ -109,6 +125,10 @@ class ValidationCorrelation(keras.callbacks.Callback):
         from ku import metrics
 
         y, p = self.predict()
+        out = {}
+        if self.compute_loss:
+            out[self.prefix + "loss"] = float(_numpy(self.model.compute_loss(
+                y=y, y_pred=p, sample_weight=self._weights, training=False)))
         keys = [self.prefix + k for k in ("srcc", "plcc", "mean_mse")]
         try:
             t, q = mean_scores(y, self.scores), mean_scores(p, self.scores)
@@ -118,7 +138,7 @@ class ValidationCorrelation(keras.callbacks.Callback):
         except ValueError as e:  # e.g. non-finite predictions: report NaN, keep training
             logger.warning("ValidationCorrelation: %s", e)
             vals = (float("nan"),) * 3
-        return dict(zip(keys, (float(v) for v in vals)))
+        return {**out, **dict(zip(keys, (float(v) for v in vals)))}
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
