@@ -43,6 +43,9 @@ flags.DEFINE_integer("max_epochs", None, "Upper bound on epochs; the staged sche
 flags.DEFINE_integer("stage_epochs", None, "Epochs per learning-rate stage (paper: 20; demo: 6).")
 flags.DEFINE_integer("patience", None, "Epochs without improvement before the lr drops (paper: 5; "
                      "demo: 3).")
+flags.DEFINE_boolean("precise_bn", True, "After training, set the head's BatchNormalization statistics "
+                     "from the training features (PreciseBN; not in the paper: its moving averages need "
+                     "more steps than a small set gives). --noprecise_bn keeps the released behaviour.")
 flags.DEFINE_integer("demo_images", 320, "Images in the demo set (25% of them are the test set).")
 flags.DEFINE_float("val_fraction", None, "Validation share of the non-test images (paper: 0.05; "
                    "demo: 0.15, since 5% of the demo set is ~10 images).")
@@ -156,7 +159,7 @@ def run(head=None, features=None):
                    batch_size=FLAGS.batch_size or (16 if demo else 128),
                    max_epochs=FLAGS.max_epochs or (16 if demo else 60), schedule=schedule,
                    seed=FLAGS.seed, target=FLAGS.target, resume=FLAGS.resume,
-                   verbose=FLAGS.verbose,
+                   verbose=FLAGS.verbose, precise_bn=FLAGS.precise_bn,
                    **({} if FLAGS.strategy == "default" else {"strategy": strategy}))
     print()
     print(format_table(res.table))

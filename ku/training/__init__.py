@@ -15,6 +15,8 @@ Modules (one concept each; every public name is re-exported here):
   resumes), :func:`read_history`;
 * :mod:`~ku.training.backup`: :class:`ResumableBackup` (crash-safe per-epoch checkpoint),
   :func:`backup_epoch`;
+* :mod:`~ku.training.batch_norm`: :func:`recalibrate_batch_norm` (PreciseBN: population statistics
+  after a short run);
 * :mod:`~ku.training.harness`: :class:`TrainingRun`, the steps every loop shares (strategy,
   chief-only files, resume epoch, compile under the strategy's scope, callbacks, history,
   teardown);
@@ -35,6 +37,7 @@ from __future__ import annotations
 from ku.training.apm import fit_apm, train_student
 from ku.training.aspect_batches import fit_aspect_batches
 from ku.training.backup import ResumableBackup, backup_epoch
+from ku.training.batch_norm import recalibrate_batch_norm
 from ku.training.best_weights import BestWeights
 from ku.training.features import TrainingResult, train
 from ku.training.files import safe_name
@@ -70,4 +73,5 @@ __all__ = [
     "fit_on_features",
     "fit_apm_head",
     "fit_theme_roi_head",
+    "recalibrate_batch_norm",
 ]
