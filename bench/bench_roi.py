@@ -1,23 +1,36 @@
-"""Benchmark: RoiPooling2D (vectorised over the batch) vs a per-image loop, forward + backward.
+"""Benchmark: RoiPooling2D forward + backward against torchvision.ops.roi_pool and older ku
+implementations, at two sizes, in one run.
 
-Same tensors for all: a feature map like Inception-v3's stem output on Jia et al.'s 800 x 800
-canvas (default B=8, 397 x 397 x 64), one box per image (random image sizes 200..800 px, mapped
-with tau = 2), output 146 x 146 (§III-D). "Forward + backward" = the pooled output, a weighted sum
-and its gradient with respect to the feature map, in one compiled ``tf.function``.
+Sizes (``--sizes``):
+  theme   Jia et al.'s working size: a feature map like Inception-v3's stem output on the 800 x 800
+          canvas (default B=8, 397 x 397 x 64), one box per image (random image sizes 200..800
+          px, mapped with tau = 2), output 146 x 146 (§III-D);
+  frcnn   Fast R-CNN (Girshick 2015): a VGG16 conv5_3 map 1 x 38 x 50 x 512 (stride 16), 128
+          random ROIs, output 7 x 7, spatial_scale 1/16.
+"Forward + backward" = the pooled output, a weighted sum and its gradient with respect to the
+feature map (TF: in one compiled ``tf.function``; torch: eager, NCHW, converted before timing).
 
 Implementations:
-  vectorised  RoiPooling2D on the whole batch (ku: a running max over the window positions),
-  gather_k    the previous ku layer (until commit 27f5dba, 2026-11-23): one gather of all k
-              rows of every window, an (R, n, k, W, C) tensor, argmax + take_along_axis (kept
-              here as the reference),
-  python_loop the same layer applied image by image (Python loop over the batch, unrolled in the
-              graph), then concatenated,
-  map_fn      tf.map_fn over the images, each pooled alone.
+  ku RoiPooling2D       the layer (max: forward with the saved argmax, backward one scatter),
+  running_max           the layer until 2026-11-30: running tf.maximum over the window
+                        positions, differentiated by autodiff (kept as a reference),
+  gather_k              the layer until commit 27f5dba (2026-11-23): one gather of all k rows of
+                        every window, an (R, n, k, W, C) tensor, argmax + take_along_axis
+                        (theme size only: ~6 s a round at the Fast R-CNN size),
+  python_loop, map_fn   the layer image by image (theme size only),
+  torchvision roi_pool  torchvision.ops.roi_pool (skipped with a message if torch/torchvision
+                        cannot be imported; it is not a dependency of ku).
 
-Prints a markdown table row per implementation and the ratio to the vectorised one (one run).
+Outputs are checked equal before timing (ku's against torchvision's are reported: the two
+agree except where torchvision's float32 bin edges differ from ku's exact integer ones).
+Rounds alternate between implementations; medians (min..max) and the ratio to torchvision (or to
+the layer without torch) are printed as markdown tables.
 
-  python bench/bench_roi.py                   # B=8, CPU or the default device
-  python bench/bench_roi.py --batch=16 --repeats=10 --json=bench/results_roi.json
+  python bench/bench_roi.py                     # both sizes, 2 threads
+  python bench/bench_roi.py --sizes=theme --batch=16 --repeats=10 --json=bench/results_roi.json
+
+torch must be imported before TensorFlow in one process (the other order crashes with the
+tested wheels); this module does so at its top.
 """
 import argparse
 import json
@@ -25,10 +38,18 @@ import platform
 import time
 
 import numpy as np
-from keras import ops
 
-from ku.layers._roi_common import flatten_boxes as _flatten_boxes
-from ku.layers.roi_pooling_2d import _round_half_away, roi_bin_bounds
+try:  # torch first: importing it after TensorFlow crashes (segfault) with these wheels
+    import torch
+    import torchvision
+except Exception as _e:  # noqa: BLE001 - missing or broken: the torchvision rows are skipped
+    torch = torchvision = None
+    _TORCH_ERROR = f"{type(_e).__name__}: {_e}"
+
+from keras import ops  # noqa: E402 - after torch, see above
+
+from ku.layers._roi_common import flatten_boxes as _flatten_boxes  # noqa: E402
+from ku.layers.roi_pooling_2d import _round_half_away, roi_bin_bounds  # noqa: E402
 
 
 # -- the previous implementation (ku until commit 27f5dba), for the ratio ---------------------
@@ -87,28 +108,83 @@ def roi_pool_gather_k(x, boxes, output, scale, mode):
     return _reduce_windows(g, valid[:, None], empty[:, None], 3, mode)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=8, help="images per batch (paper: 16)")
-    ap.add_argument("--size", type=int, default=397, help="feature map side (800 canvas -> 397)")
-    ap.add_argument("--channels", type=int, default=64, help="feature channels (Inception stem: 64)")
-    ap.add_argument("--output", type=int, default=146, help="ROI output side (paper: 146)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs (after one warm-up run)")
-    ap.add_argument("--mode", default="max", choices=["max", "average"], help="pooling mode")
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = ap.parse_args()
 
+# -- the running-max implementation (ku until 2026-11-30), for the ratio -----------------------
+def roi_pool_running_max(x, boxes, output, scale, mode):
+    """``RoiPooling2D`` as it was until 2026-11-30: rows then columns, each a running
+    ``tf.maximum`` over the window positions (``_pool_windows``), differentiated by autodiff
+    (the gradients of every gather and maximum, summed)."""
     import tensorflow as tf
 
+    from ku.layers.roi_pooling_2d import _pool_windows
+
+    flat, bidx, k = _flatten_boxes(boxes, "running_max")
+    corners = ops.cast(_round_half_away(flat * scale), "int32")
+    shape = tf.shape(x)
+    h, w = shape[1], shape[2]
+    hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], output, h)
+    wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], output, w)
+    if k is None:
+        rows = _pool_windows(lambda pos: tf.gather(x, pos, axis=1, batch_dims=1), hlo, hhi, h,
+                             mode, (-1, -1))
+    else:
+        src = ops.broadcast_to(bidx[:, None], ops.shape(hlo))
+        rows = _pool_windows(lambda pos: tf.gather_nd(x, ops.stack([src, pos], axis=-1)), hlo, hhi,
+                             h, mode, (-1, -1))
+    out = _pool_windows(lambda pos: tf.gather(rows, pos, axis=2, batch_dims=1), wlo, whi, w, mode,
+                        (1, -1))
+    if k is not None:
+        out = ops.reshape(out, (-1, k, output, output, shape[3]))
+    return out
+
+def _data(size, rng, args):
+    """Features (NHWC), boxes ((B, 4) or (1, K, 4), input pixels), output side and scale."""
+    if size == "theme":  # Jia et al.: stride-2 map of the 800 x 800 canvas, one box per image
+        b, n, c = args.batch, args.size, args.channels
+        x = rng.normal(size=(b, n, n, c)).astype(np.float32)
+        hw = rng.integers(200, 801, size=(b, 2))
+        boxes = np.concatenate([np.zeros((b, 2)), hw - 1], 1).astype(np.float32)
+        return x, boxes, args.output, 0.5
+    # Fast R-CNN (VGG16 conv5_3 of a ~600 x 800 image, stride 16): 128 random ROIs, 7 x 7
+    x = rng.normal(size=(1, 38, 50, 512)).astype(np.float32)
+    k = 128
+    y1, x1 = rng.uniform(0, 560, k), rng.uniform(0, 760, k)
+    y2 = np.minimum(y1 + rng.uniform(16, 400, k), 607)
+    x2 = np.minimum(x1 + rng.uniform(16, 400, k), 799)
+    return x, np.stack([y1, x1, y2, x2], -1).astype(np.float32)[None], 7, 1 / 16
+
+
+def _torchvision_step(x, boxes, output, scale, weights):
+    """torchvision.ops.roi_pool forward + backward on the same data (NCHW, (x1, y1, x2, y2))."""
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    flat = boxes.reshape(-1, 4)
+    bidx = np.repeat(np.arange(x.shape[0]), flat.shape[0] // x.shape[0])
+    rois = torch.from_numpy(np.concatenate([bidx[:, None], flat[:, [1, 0, 3, 2]]], 1).astype(np.float32))
+    w = weights.reshape((flat.shape[0],) + weights.shape[-3:])  # (R, oh, ow, C)
+    wt = torch.from_numpy(np.ascontiguousarray(w.transpose(0, 3, 1, 2)))
+
+    def step():
+        leaf = xt.detach().requires_grad_(True)
+        y = torchvision.ops.roi_pool(leaf, rois, (output, output), scale)
+        (y * wt).sum().backward()
+        return y, leaf.grad
+
+    def to_nhwc(y, g):
+        return y.detach().numpy().transpose(0, 2, 3, 1).reshape(w.shape), g.numpy().transpose(0, 2, 3, 1)
+
+    return step, to_nhwc
+
+
+def run_size(size, args, tf, torch_ok):
     from ku.layers import RoiPooling2D
 
     rng = np.random.default_rng(0)
-    b, n, c = args.batch, args.size, args.channels
-    x = tf.constant(rng.normal(size=(b, n, n, c)).astype(np.float32))
-    hw = rng.integers(200, 801, size=(b, 2))
-    boxes = tf.constant(np.concatenate([np.zeros((b, 2)), hw - 1], 1).astype(np.float32))
-    w = tf.constant(rng.normal(size=(b, args.output, args.output, c)).astype(np.float32))
-    layer = RoiPooling2D(args.output, 0.5, mode=args.mode)
+    x_np, boxes_np, out, scale = _data(size, rng, args)
+    b, c = x_np.shape[0], x_np.shape[-1]
+    x, boxes = tf.constant(x_np), tf.constant(boxes_np)
+    layer = RoiPooling2D(out, scale, mode=args.mode)
+    w_np = rng.normal(size=layer.compute_output_shape((x_np.shape, boxes_np.shape))).astype(np.float32)
+    w = tf.constant(w_np)
 
     def fwd_bwd(pool):
         @tf.function(jit_compile=False)
@@ -121,41 +197,87 @@ def main():
         return step
 
     impls = {
-        "vectorised": fwd_bwd(lambda x, bx: layer([x, bx])),
-        "gather_k": fwd_bwd(lambda x, bx: roi_pool_gather_k(x, bx, args.output, 0.5, args.mode)),
-        "python_loop": fwd_bwd(lambda x, bx: tf.concat([layer([x[i:i + 1], bx[i:i + 1]]) for i in range(b)], 0)),
-        "map_fn": fwd_bwd(lambda x, bx: tf.map_fn(
-            lambda e: layer([e[0][None], e[1][None]])[0], (x, bx),
-            fn_output_signature=tf.TensorSpec((args.output, args.output, c), tf.float32))),
+        "ku RoiPooling2D": fwd_bwd(lambda x, bx: layer([x, bx])),
+        "running_max": fwd_bwd(lambda x, bx: roi_pool_running_max(x, bx, out, scale, args.mode)),
     }
+    if size == "theme":  # (gather_k: ~6 s a round at the Fast R-CNN size, so only here)
+        impls["gather_k"] = fwd_bwd(lambda x, bx: roi_pool_gather_k(x, bx, out, scale, args.mode))
+        impls["python_loop"] = fwd_bwd(lambda x, bx: tf.concat(
+            [layer([x[i:i + 1], bx[i:i + 1]]) for i in range(b)], 0))
+        impls["map_fn"] = fwd_bwd(lambda x, bx: tf.map_fn(
+            lambda e: layer([e[0][None], e[1][None]])[0], (x, bx),
+            fn_output_signature=tf.TensorSpec((out, out, c), tf.float32)))
+    calls = {name: (lambda fn=fn: fn(x, boxes)) for name, fn in impls.items()}
     ref = None
-    for name, fn in impls.items():
-        y, g = fn(x, boxes)  # trace + warm-up
+    for name, fn in calls.items():
+        y, g = fn()  # trace + warm-up
+        y, g = y.numpy(), g.numpy()
         if ref is None:
-            ref = (y.numpy(), g.numpy())
-        else:
-            np.testing.assert_allclose(y.numpy(), ref[0], rtol=1e-6)
-            np.testing.assert_allclose(g.numpy(), ref[1], rtol=1e-5, atol=1e-6)
-    ts = {name: [] for name in impls}
+            ref = (y, g)
+        else:  # the outputs are bit-identical; gradients differ by the order of the sums only
+            np.testing.assert_array_equal(y.reshape(ref[0].shape), ref[0], err_msg=name)
+            np.testing.assert_allclose(g, ref[1], rtol=1e-5, atol=1e-5, err_msg=name)
+    tv_note = ""
+    if torch_ok and args.mode == "max":
+        step, to_nhwc = _torchvision_step(x_np, boxes_np, out, scale, w_np)
+        ty, tg = to_nhwc(*step())
+        tv_note = (f"torchvision vs ku: max |output diff| {np.abs(ty - ref[0].reshape(ty.shape)).max():.3g}, "
+                   f"max |gradient diff| {np.abs(tg - ref[1]).max():.3g} (float32 bin edges)")
+        calls["torchvision roi_pool"] = step
+    elif args.mode == "max":
+        tv_note = "torchvision rows skipped: torch / torchvision not importable in this environment"
+    ts = {name: [] for name in calls}
     for _ in range(args.repeats):  # alternating rounds: a slow moment of the machine hits all alike
-        for name, fn in impls.items():
+        for name, fn in calls.items():
             t = time.perf_counter()
-            y, g = fn(x, boxes)
+            y, g = fn()
             _ = g.numpy()
             ts[name].append(time.perf_counter() - t)
-    times = {name: float(np.median(v)) for name, v in ts.items()}
+    med = {name: float(np.median(v)) for name, v in ts.items()}
 
+    shape = "x".join(map(str, x_np.shape))
+    print(f"\n{size}: forward+backward, features {shape}, boxes {tuple(boxes_np.shape)} -> {out}x{out}, "
+          f"spatial_scale {scale:g}, mode={args.mode}; median (min..max) of {args.repeats} alternating rounds\n")
+    base = "torchvision roi_pool" if "torchvision roi_pool" in med else "ku RoiPooling2D"
+    print(f"| implementation | ms / batch (median) | min..max ms | x {base} |")
+    print("|---|---|---|---|")
+    for name, t in med.items():
+        print(f"| {name} | {1000 * t:.1f} | {1000 * min(ts[name]):.1f}..{1000 * max(ts[name]):.1f} "
+              f"| {t / med[base]:.2f} |")
+    if tv_note:
+        print(f"\n{tv_note}")
+    return {"seconds": med, "all_seconds": ts}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="theme,frcnn", help="comma-separated: theme, frcnn")
+    ap.add_argument("--batch", type=int, default=8, help="theme: images per batch (paper: 16)")
+    ap.add_argument("--size", type=int, default=397, help="theme: feature map side (800 canvas -> 397)")
+    ap.add_argument("--channels", type=int, default=64, help="theme: channels (Inception stem: 64)")
+    ap.add_argument("--output", type=int, default=146, help="theme: ROI output side (paper: 146)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (after one warm-up run)")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads of TF and torch")
+    ap.add_argument("--mode", default="max", choices=["max", "average"], help="pooling mode")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args()
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    torch_ok = torchvision is not None
+    if torch_ok:
+        torch.set_num_threads(args.threads)
+    else:
+        print(f"torchvision not available ({_TORCH_ERROR}); its rows are skipped")
     dev = tf.config.list_logical_devices("GPU")
     device = dev[0].name if dev else f"CPU ({platform.processor() or platform.machine()})"
-    print(f"\nRoiPooling2D forward+backward, B={b}, {n}x{n}x{c} -> {args.output}x{args.output}, "
-          f"mode={args.mode}, device {device}, median of {args.repeats} alternating rounds\n")
-    print("| implementation | ms / batch | ms / image | x vectorised |")
-    print("|---|---|---|---|")
-    for name, t in times.items():
-        print(f"| {name} | {1000 * t:.1f} | {1000 * t / b:.1f} | {t / times['vectorised']:.2f} |")
+    print(f"device {device}, {args.threads} threads, {time.strftime('%Y-%m-%d')}")
+    results = {size: run_size(size, args, tf, torch_ok) for size in args.sizes.split(",")}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"args": vars(args), "device": device, "seconds": times}, f, indent=1)
+            json.dump({"args": vars(args), "device": device, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -252,6 +252,53 @@ def test_max_gradient_on_ties_goes_to_the_first_maximum():
     np.testing.assert_allclose(g, ref, rtol=1e-6)
 
 
+def first_max_gradient_ref(x, boxes, out_hw, scale, w):
+    """numpy scatter of ``w`` to the first maximum of each bin, column-major (the leftmost column
+    holding the bin's max, in it the topmost row), boxes (B, K, 4); empty bins route nothing."""
+    B, H, W, _ = x.shape
+    oh, ow = out_hw
+    ref = np.zeros(x.shape, np.float64)
+    for b, k, i, j, c in np.ndindex(w.shape):
+        y1, x1, y2, x2 = (c_round(v * scale) for v in boxes[b, k])
+        rh, rw = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+        hs = min(max(math.floor(i * rh / oh) + y1, 0), H)
+        he = min(max(math.ceil((i + 1) * rh / oh) + y1, 0), H)
+        ws = min(max(math.floor(j * rw / ow) + x1, 0), W)
+        we = min(max(math.ceil((j + 1) * rw / ow) + x1, 0), W)
+        if he <= hs or we <= ws:
+            continue
+        region = x[b, hs:he, ws:we, c]
+        q = int(np.argmax(region.max(axis=0)))
+        r = int(np.argmax(region[:, q]))
+        ref[b, hs + r, ws + q, c] += w[b, k, i, j, c]
+    return ref
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_max_gradient_random_ties_and_clipped_boxes(seed):
+    """Random integer maps (repeated maxima), boxes partly or wholly outside the map, boxes
+    smaller than the grid (bins sharing rows), K boxes per image: outputs equal the Fast R-CNN
+    loop exactly, and the gradient equals the first-maximum scatter."""
+    rng = np.random.default_rng(100 + seed)
+    B, H, W, C, K = 2, int(rng.integers(5, 20)), int(rng.integers(5, 20)), 3, 4
+    out_hw = tuple(int(v) for v in rng.integers(1, 8, 2))
+    scale = [1.0, 0.5][seed % 2]
+    x = rng.integers(-2, 3, size=(B, H, W, C)).astype(np.float32)
+    y1 = rng.integers(-4, int(H / scale) + 2, (B, K))
+    x1 = rng.integers(-4, int(W / scale) + 2, (B, K))
+    boxes = np.stack([y1, x1, y1 + rng.integers(-1, int(H / scale), (B, K)),
+                      x1 + rng.integers(-1, int(W / scale), (B, K))], -1).astype(np.float32)
+    w = rng.uniform(1, 2, size=(B, K, *out_hw, C)).astype(np.float32)
+    layer = RoiPooling2D(out_hw, scale)
+    np.testing.assert_array_equal(np.asarray(layer([x, boxes])), roi_pool_ref(x, boxes, out_hw, scale))
+    g = _grad(layer, x, boxes, w)
+    np.testing.assert_allclose(g, first_max_gradient_ref(x, boxes, out_hw, scale, w), rtol=1e-6, atol=1e-6)
+    # one box per image (the gather with batch_dims=1): the same
+    g1 = _grad(layer, x, boxes[:, 0], w[:, 0])
+    np.testing.assert_allclose(g1, first_max_gradient_ref(x, boxes[:, :1], out_hw, scale, w[:, :1]),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("layer", [RoiPooling2D((3, 4), 1.0), RoiPooling2D((3, 4), 1.0, mode="average"),
                                    RoiAlign2D((3, 4), 1.0, sampling_ratio=2),
                                    RoiAlign2D((3, 3), 0.5, sampling_ratio=3, aligned=True)])
