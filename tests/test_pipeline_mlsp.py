@@ -20,13 +20,40 @@ def tiny_ids(tmp_path_factory):
     return load_demo(n_images=24, seed=1, root=root, val_fraction=0.25)
 
 
+def _check_precise_batch_norm(ids, res):
+    """precise_bn=True (the default): the saved head's BatchNormalization statistics are the
+    population statistics of the training features (recalibrating the saved head again changes
+    nothing), not the moving averages of a two-epoch run (which recalibration would change a lot)."""
+    import keras
+
+    from ku.data.generators import FeatureSequence
+    from ku.training import recalibrate_batch_norm
+
+    head = keras.models.load_model(res.run_dir / "head.keras")
+    bns = [la for la in head.layers if isinstance(la, keras.layers.BatchNormalization)]
+    saved = [(la.moving_mean.numpy().copy(), la.moving_variance.numpy().copy()) for la in bns]
+    train = ids[ids["set"] == "training"]
+    seq = FeatureSequence(res.store_path, train, train["mos"].to_numpy("float32"), batch_size=8,
+                          augmentation="random", seed=1, shuffle=True)  # run_mlsp's draw (seed + 1)
+    try:
+        assert recalibrate_batch_norm(head, seq) == len(bns) >= 3
+    finally:
+        seq.close()
+    for la, (mean, var) in zip(bns, saved):
+        np.testing.assert_allclose(la.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(la.moving_variance.numpy(), var, rtol=1e-4, atol=1e-6)
+    # the moving variances after 2 short epochs would still be ~1 (momentum 0.99 keeps ~96% of the start)
+    assert np.abs(saved[0][1] - 1.0).max() > 0.1
+
+
 def test_run_mlsp_end_to_end_and_resume(tiny_ids, tmp_path):
     import keras
 
     keras.utils.set_random_seed(0)
-    kw = dict(backbone="inception_v3", backbone_weights=None, features="narrow", head="single1fc",
+    kw = dict(backbone="inception_v3", backbone_weights=None, features="narrow", head="single3fc",
               batch_size=8, max_epochs=2, verbose=0, echo=lambda *a: None)
     res = pipeline.run_mlsp(tiny_ids, tmp_path, schedule=paper_schedule(), **kw)
+    _check_precise_batch_norm(tiny_ids, res)
     n_test = int((tiny_ids["set"] == "test").sum())
     assert len(res.y_pred) == n_test and np.isfinite(res.y_pred).all()
     np.testing.assert_allclose(res.y_true, tiny_ids.loc[tiny_ids.set == "test", "mos"])
@@ -45,36 +72,6 @@ def test_run_mlsp_end_to_end_and_resume(tiny_ids, tmp_path):
     assert "use backbone_weights=" in said and "use features=" in said, said
     assert res2.run_dir == res.run_dir and res2.store_path == res.store_path
     np.testing.assert_allclose(res2.y_pred, res.y_pred, rtol=1e-5, atol=1e-5)
-
-
-def test_run_mlsp_sets_precise_batch_norm_statistics(tiny_ids, tmp_path):
-    """precise_bn=True: the saved head's BatchNormalization statistics are the population statistics
-    of the training features (recalibrating the saved head again changes nothing), not the moving
-    averages of a two-epoch run (which recalibration would change a lot)."""
-    import keras
-
-    from ku.data.generators import FeatureSequence
-    from ku.training import recalibrate_batch_norm
-
-    keras.utils.set_random_seed(0)
-    res = pipeline.run_mlsp(tiny_ids, tmp_path, backbone="inception_v3", backbone_weights=None,
-                            features="narrow", head="single3fc", batch_size=8, max_epochs=2, verbose=0,
-                            echo=lambda *a: None, schedule=paper_schedule())
-    head = keras.models.load_model(res.run_dir / "head.keras")
-    bns = [la for la in head.layers if isinstance(la, keras.layers.BatchNormalization)]
-    saved = [(la.moving_mean.numpy().copy(), la.moving_variance.numpy().copy()) for la in bns]
-    train = tiny_ids[tiny_ids["set"] == "training"]
-    seq = FeatureSequence(res.store_path, train, train["mos"].to_numpy("float32"), batch_size=8,
-                          augmentation="random", seed=1, shuffle=True)
-    try:
-        assert recalibrate_batch_norm(head, seq) == len(bns) >= 3
-    finally:
-        seq.close()
-    for la, (mean, var) in zip(bns, saved):
-        np.testing.assert_allclose(la.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(la.moving_variance.numpy(), var, rtol=1e-4, atol=1e-6)
-    # the moving variances after 2 short epochs would still be ~1 (momentum 0.99 keeps ~96% of the start)
-    assert np.abs(saved[0][1] - 1.0).max() > 0.1
 
 
 def test_build_head_rejects_wrong_features():
