@@ -21,6 +21,8 @@ to the argmax saved by the forward pass, as the Fast R-CNN operator does).
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -29,6 +31,8 @@ from ku.layers._roi_common import BaseRoiLayer, flatten_boxes
 __all__ = ["RoiPooling2D", "roi_bin_bounds"]
 
 _MODES = ("max", "average")
+# forward method of max pooling: "auto", "direct" or "table" (see _roi_max_pool; tests set it)
+_MAX_METHOD = "auto"
 
 
 def _round_half_away(x):
@@ -137,17 +141,145 @@ def _first_max(gather, label, lo, hi, length):
     return acc, arg, width
 
 
-def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi):
+def _log2_floor(v):
+    """``floor(log2(v))`` of positive int32 ``v``, exact (a float estimate, corrected with
+    integer shifts)."""
+    import tensorflow as tf
+
+    est = tf.floor(tf.math.log(tf.cast(v, "float32") + 0.5) / math.log(2.0))
+    lev = tf.maximum(tf.cast(est, "int32"), 0)
+    one = tf.ones_like(lev)
+    lev = lev - tf.cast(tf.bitwise.left_shift(one, lev) > v, "int32")
+    return lev + tf.cast(tf.bitwise.left_shift(one, lev + 1) <= v, "int32")
+
+
+def _pack(xt):
+    """int64 codes ordering the cells of ``xt (B, W, H, C)`` (the feature map, columns first)
+    like the first maximum does: ``(ordered value bits) << 32 | (2**31 - 1 - i)``, ``i`` the
+    flat index of the cell in ``xt`` (``((b * W + col) * H + row) * C + channel``, below
+    ``2**31``), so the largest code of a rectangle of one channel is its largest value and,
+    among equal values, the smallest ``i``: the leftmost column holding it, in it the topmost
+    row. The value bits are those of the float32 value (``+ 0.0`` first, so that ``-0.0`` ties
+    with ``0.0``), mapped to signed integers of the same order."""
+    import tensorflow as tf
+
+    bits = tf.bitcast(tf.cast(xt, "float32") + 0.0, "int32")
+    ordered = tf.bitwise.bitwise_xor(bits, tf.bitwise.bitwise_and(
+        tf.bitwise.right_shift(bits, 31), 0x7FFFFFFF))
+    low = tf.reshape(tf.range(0x7FFFFFFF, 0x7FFFFFFF - tf.size(xt, out_type=tf.int64), -1,
+                              dtype="int64"), tf.shape(xt))
+    return tf.bitwise.left_shift(tf.cast(ordered, "int64"), 32) + low
+
+
+def _span_tables(v, levels, axis, length):
+    """Sparse table of the int64 codes ``v`` along ``axis``: level ``l`` holds, at position
+    ``p``, the max of ``[p, p + 2**l)`` (truncated at the end); level ``l + 1`` is the max of
+    level ``l`` and level ``l`` shifted by ``2**l``. Returns the ``(levels, ...)`` stack."""
+    import tensorflow as tf
+
+    pos = tf.range(length)
+    tv = tf.TensorArray(v.dtype, size=levels, infer_shape=False).write(0, v)
+
+    def body(lev, v, tv):
+        idx = tf.minimum(pos + tf.bitwise.left_shift(1, lev - 1), length - 1)
+        v = tf.maximum(v, tf.gather(v, idx, axis=axis))
+        return lev + 1, v, tv.write(lev, v)
+
+    _, _, tv = tf.while_loop(lambda lev, *_: lev < levels, body, (tf.constant(1), v, tv))
+    return tv.stack()
+
+
+def _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi):
+    """Separable running max (rows, then columns) with the first maximum's in-image flat index
+    ``row * W + col``; returns ``(max, index, empty)``."""
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    h, w = shape[1], shape[2]
+    if one_per_image:  # box r is image r
+        def gather_rows(p):
+            return tf.gather(x, p, axis=1, batch_dims=1)
+    else:
+        src = tf.broadcast_to(bidx[:, None], tf.shape(hlo))
+
+        def gather_rows(p):
+            return tf.gather_nd(x, tf.stack([src, p], axis=-1))
+    # rows: (R, oh, W, C), labels row * W
+    rows, rarg, hwidth = _first_max(gather_rows, lambda p: (p * w)[:, :, None, None],
+                                    hlo, hhi, h)
+    # columns: (R, oh, ow, C), labels row * W + col
+    acc, arg, wwidth = _first_max(
+        lambda p: tf.gather(rows, p, axis=2, batch_dims=1),
+        lambda p: tf.gather(rarg, p, axis=2, batch_dims=1) + p[:, None, :, None],
+        wlo, whi, w)
+    empty = tf.logical_or((hwidth <= 0)[:, :, None, None], (wwidth <= 0)[:, None, :, None])
+    hw = tf.cast(h, "int64") * tf.cast(w, "int64")
+    c64 = tf.cast(shape[3], "int64")
+    index = ((tf.cast(bidx, "int64")[:, None, None, None] * hw + tf.cast(arg, "int64")) * c64
+             + tf.range(c64))
+    return acc, index, empty
+
+
+def _max_pool_table(x, bidx, hlo, hhi, wlo, whi):
+    """Rectangle max from a 2-D sparse table (range-maximum blocks) of the feature map: level
+    ``(i, j)`` holds the largest :func:`_pack` code of every ``2**i x 2**j`` block; a bin of ``h
+    x w`` cells is the union of four (overlapping) blocks of level ``(floor(log2 h),
+    floor(log2 w))`` at its corners, so its code is the max of four gathered codes, whose low
+    bits are the flat index of its first maximum in the transposed map ``(B, W, H, C)``.
+    Needs ``B * H * W * C < 2**31``. Returns ``(max, index, empty)``: ``max = x[index]``,
+    ``index`` into the transposed map (``transposed=True`` for the scatter)."""
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    hwid, wwid = hhi - hlo, whi - wlo
+    lh, lw = _log2_floor(tf.maximum(hwid, 1)), _log2_floor(tf.maximum(wwid, 1))
+    nh, nw = tf.reduce_max(lh) + 1, tf.reduce_max(lw) + 1
+    xt = tf.transpose(x, [0, 2, 1, 3])                    # (B, W, H, C)
+    table = _span_tables(_pack(xt), nw, 1, w)             # (nw, B, W, H, C)
+    table = _span_tables(table, nh, 3, h)                 # (nh, nw, B, W, H, C)
+    table = tf.reshape(table, [-1, c])
+    last_h, last_w = tf.maximum(h - 1, 0), tf.maximum(w - 1, 0)
+    r1 = tf.clip_by_value(hlo, 0, last_h)
+    r2 = tf.clip_by_value(hhi - tf.bitwise.left_shift(1, lh), 0, last_h)
+    c1 = tf.clip_by_value(wlo, 0, last_w)
+    c2 = tf.clip_by_value(whi - tf.bitwise.left_shift(1, lw), 0, last_w)
+    hw = h * w
+    row_part = (lh * (nw * b * hw))[:, :, None]                                # (R, oh, 1)
+    col_part = ((lw * b + bidx[:, None]) * hw)[:, None, :]                     # (R, 1, ow)
+
+    def corner(r, cc):
+        return tf.gather(table, row_part + col_part + r[:, :, None] + (cc * h)[:, None, :])
+
+    code = tf.maximum(tf.maximum(corner(r1, c1), corner(r2, c1)),
+                      tf.maximum(corner(r1, c2), corner(r2, c2)))
+    index = 0x7FFFFFFF - tf.bitwise.bitwise_and(code, 0x7FFFFFFF)
+    out = tf.gather(tf.reshape(xt, [-1]), index)
+    empty = tf.logical_or((hwid <= 0)[:, :, None, None], (wwid <= 0)[:, None, :, None])
+    return out, index, empty
+
+
+def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
     """ROI max pooling of ``x (B, H, W, C)`` to ``(R, oh, ow, C)`` over the bins
     ``[hlo, hhi) x [wlo, whi)`` (``(R, oh)``, ``(R, ow)``) of the boxes of images ``bidx (R,)``,
     with the gradient of the Fast R-CNN operator: each output's gradient goes to the one cell
-    that gave its value, found in the forward pass (first maximum, rows pooled first).
+    that gave its value, found in the forward pass (the first maximum in column-major order:
+    the leftmost column holding the bin's max and, in it, the topmost row).
 
-    Forward: rows first, ``rows[r, i, w, c] = max x[b_r, hlo .. hhi - 1, w, c]`` with the row of
-    the first maximum (:func:`_first_max` over the row windows, whole rows gathered), then
-    columns, ``out[r, i, j, c] = max rows[r, i, wlo .. whi - 1, c]``, carrying the in-image flat
-    index ``row * W + col`` of the first maximum. Ties therefore go to the leftmost column
-    holding the bin's maximum and, in it, to the topmost row holding it. Empty bins give 0.
+    Forward, two exact methods (the same values and indices):
+
+    * ``"direct"`` (:func:`_max_pool_direct`): rows first, ``rows[r, i, w, c] = max x[b_r, hlo ..
+      hhi - 1, w, c]`` with the row of the first maximum (:func:`_first_max` over the row
+      windows, whole rows gathered), then columns, carrying the in-image flat index ``row * W +
+      col`` of the first maximum. Its cost grows with the ``(R, oh, W, C)`` row maxima.
+    * ``"table"`` (:func:`_max_pool_table`): a 2-D sparse table (range-maximum blocks of
+      ``2**i x 2**j`` cells) of the feature map, then four gathers per bin. Its cost grows with
+      the map times the number of levels; cheaper when many boxes share a small map (Fast
+      R-CNN: 128 boxes on a 38 x 50 map).
+    * ``"auto"``: the table when its ``levels_h * levels_w * B * H * W`` cells are fewer than the
+      ``R * oh * W * k_h`` cells the direct row pass gathers.
+
+    Empty bins give 0.
 
     Backward: one scatter-add of the upstream gradient at the saved ``(B * H * W * C)`` flat
     indices (``tf.raw_ops.SparseTensorDenseAdd``: a serial loop over the indices, in order,
@@ -160,42 +292,49 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi):
     @tf.custom_gradient
     def pool(x):
         shape = tf.shape(x)
-        h, w, c = shape[1], shape[2], shape[3]
-        if one_per_image:  # box r is image r
-            def gather_rows(p):
-                return tf.gather(x, p, axis=1, batch_dims=1)
-        else:
-            src = tf.broadcast_to(bidx[:, None], tf.shape(hlo))
+        h, w = shape[1], shape[2]
 
-            def gather_rows(p):
-                return tf.gather_nd(x, tf.stack([src, p], axis=-1))
-        # rows: (R, oh, W, C), labels row * W
-        rows, rarg, hwidth = _first_max(gather_rows, lambda p: (p * w)[:, :, None, None],
-                                        hlo, hhi, h)
-        # columns: (R, oh, ow, C), labels row * W + col
-        acc, arg, wwidth = _first_max(
-            lambda p: tf.gather(rows, p, axis=2, batch_dims=1),
-            lambda p: tf.gather(rarg, p, axis=2, batch_dims=1) + p[:, None, :, None],
-            wlo, whi, w)
-        empty = tf.logical_or((hwidth <= 0)[:, :, None, None], (wwidth <= 0)[:, None, :, None])
+        def direct():
+            return _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi) + (False,)
+
+        def table():
+            return _max_pool_table(x, bidx, hlo, hhi, wlo, whi) + (True,)
+
+        if method == "direct" or x.dtype.size > 4:  # the table codes hold float32 values
+            acc, index, empty, transposed = direct()
+        elif method == "table":
+            acc, index, empty, transposed = table()
+        else:
+            kh = tf.maximum(tf.reduce_max(hhi - hlo), 1)
+            kw = tf.maximum(tf.reduce_max(whi - wlo), 1)
+            levels = tf.cast((_log2_floor(kh) + 1) * (_log2_floor(kw) + 1), "float32")
+            f = lambda v: tf.cast(v, "float32")  # noqa: E731
+            table_cells = levels * f(shape[0]) * f(h) * f(w)
+            direct_cells = f(tf.size(hlo)) * f(w) * f(kh)
+            use_table = tf.logical_and(table_cells < direct_cells,
+                                       tf.size(x, out_type=tf.int64) < 2 ** 31)
+            acc, index, empty, transposed = tf.cond(
+                use_table, lambda: table()[:3] + (tf.constant(True),),
+                lambda: direct()[:3] + (tf.constant(False),))
         out = tf.where(empty, tf.zeros_like(acc), acc)
-        hw = tf.cast(h, "int64") * tf.cast(w, "int64")
-        c64 = tf.cast(c, "int64")
-        index = ((tf.cast(bidx, "int64")[:, None, None, None] * hw + tf.cast(arg, "int64")) * c64
-                 + tf.range(c64))
 
         def grad(dy):
             dy = tf.where(empty, tf.zeros_like(dy), dy)
-            n = tf.reshape(tf.cast(shape[0], "int64") * hw * c64, [1])
+            n = tf.reshape(tf.size(x, out_type=tf.int64), [1])
             dx = tf.raw_ops.SparseTensorDenseAdd(
                 a_indices=tf.reshape(index, [-1, 1]), a_values=tf.reshape(dy, [-1]), a_shape=n,
                 b=tf.zeros(n, dy.dtype))
-            return tf.reshape(dx, shape)
+            if isinstance(transposed, bool):
+                if not transposed:
+                    return tf.reshape(dx, shape)
+                return tf.transpose(tf.reshape(dx, tf.gather(shape, [0, 2, 1, 3])), [0, 2, 1, 3])
+            return tf.cond(transposed, lambda: tf.transpose(
+                tf.reshape(dx, tf.gather(shape, [0, 2, 1, 3])), [0, 2, 1, 3]),
+                lambda: tf.reshape(dx, shape))
 
         return out, grad
 
     return pool(x)
-
 
 
 @keras.saving.register_keras_serializable(package="ku")
@@ -273,7 +412,7 @@ class RoiPooling2D(BaseRoiLayer):
         hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], oh, h)         # eqs. 2-3
         wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], ow, w)
         if self.mode == "max":
-            out = _roi_max_pool(x, bidx, k is None, hlo, hhi, wlo, whi)
+            out = _roi_max_pool(x, bidx, k is None, hlo, hhi, wlo, whi, _MAX_METHOD)
         else:
             # rows: (R, oh, W, C), one gathered row of every window per step
             if k is None:  # one box per image: box r is image r
