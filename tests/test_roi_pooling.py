@@ -274,7 +274,7 @@ def first_max_gradient_ref(x, boxes, out_hw, scale, w):
     return ref
 
 
-@pytest.mark.parametrize("method", ["auto", "direct", "table"])
+@pytest.mark.parametrize("method", ["auto", "direct", "direct-chunks-of-1", "table"])
 @pytest.mark.parametrize("seed", range(4))
 def test_max_gradient_random_ties_and_clipped_boxes(seed, method, monkeypatch):
     """Random integer maps (repeated maxima), boxes partly or wholly outside the map, boxes
@@ -282,6 +282,9 @@ def test_max_gradient_random_ties_and_clipped_boxes(seed, method, monkeypatch):
     loop exactly, and the gradient equals the first-maximum scatter."""
     import ku.layers.roi_pooling_2d as roi_module
 
+    if method == "direct-chunks-of-1":  # one row of bins a chunk
+        method = "direct"
+        monkeypatch.setattr(roi_module, "_CHUNK_CELLS", 1)
     monkeypatch.setattr(roi_module, "_MAX_METHOD", method)
     rng = np.random.default_rng(100 + seed)
     B, H, W, C, K = 2, int(rng.integers(5, 20)), int(rng.integers(5, 20)), 3, 4

@@ -33,6 +33,7 @@ __all__ = ["RoiPooling2D", "roi_bin_bounds"]
 _MODES = ("max", "average")
 # forward method of max pooling: "auto", "direct" or "table" (see _roi_max_pool; tests set it)
 _MAX_METHOD = "auto"
+_CHUNK_CELLS = 1 << 20
 
 
 def _round_half_away(x):
@@ -220,6 +221,36 @@ def _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi):
     return acc, index, empty
 
 
+def _max_pool_direct_chunked(x, bidx, hlo, hhi, wlo, whi, cells=None):
+    """:func:`_max_pool_direct` over chunks of bin rows: each row of bins ``(r, i)`` is a box of
+    one bin row, and chunks of ``G`` of them, whose row maxima ``(G, 1, W, C)`` hold about
+    ``cells`` values, are pooled one after the other so that a chunk's working set stays in the
+    cache; the results are concatenated."""
+    import tensorflow as tf
+
+    cells = _CHUNK_CELLS if cells is None else cells
+    shape = tf.shape(x)
+    r, oh, ow = tf.shape(hlo)[0], tf.shape(hlo)[1], tf.shape(wlo)[1]
+    rb = r * oh
+    bidx_u = tf.repeat(bidx, oh)
+    hlo_u, hhi_u = tf.reshape(hlo, [-1, 1]), tf.reshape(hhi, [-1, 1])
+    wlo_u, whi_u = tf.repeat(wlo, oh, axis=0), tf.repeat(whi, oh, axis=0)
+    g = tf.maximum(cells // tf.maximum(shape[2] * shape[3], 1), 1)
+    n = (rb + g - 1) // g
+    ta = [tf.TensorArray(d, size=n, infer_shape=False) for d in (x.dtype, tf.int64, tf.bool)]
+
+    def body(i, *ta):
+        s = slice(i * g, tf.minimum(i * g + g, rb))
+        res = _max_pool_direct(x, bidx_u[s], False, hlo_u[s], hhi_u[s], wlo_u[s], whi_u[s])
+        return (i + 1,) + tuple(t.write(i, v) for t, v in zip(ta, res))
+
+    _, *ta = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), *ta))
+    acc, index, empty = (t.concat() for t in ta)
+    out_shape = tf.stack([r, oh, ow, shape[3]])
+    return (tf.reshape(acc, out_shape), tf.reshape(index, out_shape),
+            tf.reshape(empty, tf.stack([r, oh, ow, 1])))
+
+
 def _max_pool_table(x, bidx, hlo, hhi, wlo, whi):
     """Rectangle max from a 2-D sparse table (range-maximum blocks) of the feature map: level
     ``(i, j)`` holds the largest :func:`_pack` code of every ``2**i x 2**j`` block; a bin of ``h
@@ -295,7 +326,7 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
         h, w = shape[1], shape[2]
 
         def direct():
-            return _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi) + (False,)
+            return _max_pool_direct_chunked(x, bidx, hlo, hhi, wlo, whi) + (False,)
 
         def table():
             return _max_pool_table(x, bidx, hlo, hhi, wlo, whi) + (True,)
