@@ -241,7 +241,9 @@ def _max_pool_direct_chunked(x, bidx, hlo, hhi, wlo, whi, cells=None):
 
     def body(i, *ta):
         s = slice(i * g, tf.minimum(i * g + g, rb))
-        res = _max_pool_direct(x, bidx_u[s], False, hlo_u[s], hhi_u[s], wlo_u[s], whi_u[s])
+        acc, index, empty = _max_pool_direct(x, bidx_u[s], False, hlo_u[s], hhi_u[s], wlo_u[s],
+                                             whi_u[s])
+        res = (tf.where(empty, tf.zeros_like(acc), acc), index, empty)  # zeroed in the cache
         return (i + 1,) + tuple(t.write(i, v) for t, v in zip(ta, res))
 
     _, *ta = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), *ta))
@@ -287,7 +289,7 @@ def _max_pool_table(x, bidx, hlo, hhi, wlo, whi):
     index = 0x7FFFFFFF - tf.bitwise.bitwise_and(code, 0x7FFFFFFF)
     out = tf.gather(tf.reshape(xt, [-1]), index)
     empty = tf.logical_or((hwid <= 0)[:, :, None, None], (wwid <= 0)[:, None, :, None])
-    return out, index, empty
+    return tf.where(empty, tf.zeros_like(out), out), index, empty
 
 
 def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
@@ -347,10 +349,12 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
             acc, index, empty, transposed = tf.cond(
                 use_table, lambda: table()[:3] + (tf.constant(True),),
                 lambda: direct()[:3] + (tf.constant(False),))
-        out = tf.where(empty, tf.zeros_like(acc), acc)
+        out = acc  # empty bins already zeroed
+        any_empty = tf.reduce_any(empty)
 
         def grad(dy):
-            dy = tf.where(empty, tf.zeros_like(dy), dy)
+            # empty bins hold a clipped index: their gradient is dropped
+            dy = tf.cond(any_empty, lambda: tf.where(empty, tf.zeros_like(dy), dy), lambda: dy)
             n = tf.reshape(tf.size(x, out_type=tf.int64), [1])
             dx = tf.raw_ops.SparseTensorDenseAdd(
                 a_indices=tf.reshape(index, [-1, 1]), a_values=tf.reshape(dy, [-1]), a_shape=n,
