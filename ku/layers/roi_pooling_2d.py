@@ -13,8 +13,8 @@ indices*, both inclusive; an image of ``h x w`` pixels at the top-left of the ca
 
 Max pooling is Girshick, "Fast R-CNN", ICCV 2015, §2.1 (RoI max pooling; its backward routes
 each output's gradient to the one input cell that gave its value, the argmax). It is built from
-gathers and reductions on dynamic shapes (no loop over the batch, boxes or bins; only the
-``k ~ ceil(rho) + 1`` positions of a window are stepped over in a ``tf.while_loop``), works with
+gathers and reductions on dynamic shapes (``tf.while_loop`` only over the ``k ~ ceil(rho) + 1``
+positions of a window, over cache-sized chunks of bin rows, or over sparse-table levels), works with
 ``None`` batch/spatial sizes inside ``tf.function`` and SavedModels, and is differentiable with
 respect to the feature map (``mode="max"``: a ``tf.custom_gradient`` that scatters the gradient
 to the argmax saved by the forward pass, as the Fast R-CNN operator does).
@@ -105,7 +105,7 @@ def _pool_windows(gather, lo, hi, length, mode, mask_axes):
     return acc / tf.cast(expand(tf.maximum(width, 1)), acc.dtype)
 
 
-def _first_max(gather, label, lo, hi, length):
+def _first_max(gather, label, lo, hi, length, increasing=False):
     """Max over the windows ``[lo, hi)`` of one axis and, per element, the label of its *first*
     maximum, as a running max over the offsets ``j = 0 .. k - 1`` (``k`` = the longest window of
     the batch, dynamic).
@@ -116,6 +116,10 @@ def _first_max(gather, label, lo, hi, length):
     never *greater* than the running max, and the label only changes on a strict increase (the
     first maximum wins ties). The value is ``tf.maximum``'s, as before. Empty windows
     (``lo >= hi``) are returned as they come (the caller zeroes them).
+
+    ``increasing=True`` declares labels that grow with the position (``label(p) >= 0``, never
+    smaller at a later offset): the update is then ``max(label, (g > max) * label(p))``, which
+    equals the ``where`` above and is cheaper with broadcast labels.
 
     Returns ``(max, labels, width)`` with ``width = hi - lo`` ``(R, n)``.
     """
@@ -136,7 +140,11 @@ def _first_max(gather, label, lo, hi, length):
     def body(j, acc, arg):
         p = pos(j)
         g = gather(p)
-        return j + 1, tf.maximum(acc, g), tf.where(g > acc, label(p), arg)
+        if increasing:
+            arg = tf.maximum(arg, tf.cast(g > acc, arg.dtype) * label(p))
+        else:
+            arg = tf.where(g > acc, label(p), arg)
+        return j + 1, tf.maximum(acc, g), arg
 
     _, acc, arg = tf.while_loop(lambda j, *_: j < kmax, body, (tf.constant(1), acc, arg))
     return acc, arg, width
@@ -191,8 +199,12 @@ def _span_tables(v, levels, axis, length):
 
 
 def _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi):
-    """Separable running max (rows, then columns) with the first maximum's in-image flat index
-    ``row * W + col``; returns ``(max, index, empty)``."""
+    """Separable running max, rows first, ``rows[r, i, w, c] = max x[b_r, hlo .. hhi - 1, w, c]``
+    with the row of the first maximum (:func:`_first_max` over the row windows, whole rows
+    gathered), then columns, carrying the in-image flat index ``row * W + col`` of the first
+    maximum. Returns ``(max, index, empty)``: ``(R, oh, ow, C)`` values (empty bins not yet
+    zeroed), int64 indices into the flattened ``x`` (``(b * H * W + row * W + col) * C +
+    channel``) and the ``(R, oh, ow, 1)`` empty-bin mask."""
     import tensorflow as tf
 
     shape = tf.shape(x)
@@ -207,7 +219,7 @@ def _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi):
             return tf.gather_nd(x, tf.stack([src, p], axis=-1))
     # rows: (R, oh, W, C), labels row * W
     rows, rarg, hwidth = _first_max(gather_rows, lambda p: (p * w)[:, :, None, None],
-                                    hlo, hhi, h)
+                                    hlo, hhi, h, increasing=True)
     # columns: (R, oh, ow, C), labels row * W + col
     acc, arg, wwidth = _first_max(
         lambda p: tf.gather(rows, p, axis=2, batch_dims=1),
@@ -301,10 +313,11 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
 
     Forward, two exact methods (the same values and indices):
 
-    * ``"direct"`` (:func:`_max_pool_direct`): rows first, ``rows[r, i, w, c] = max x[b_r, hlo ..
-      hhi - 1, w, c]`` with the row of the first maximum (:func:`_first_max` over the row
-      windows, whole rows gathered), then columns, carrying the in-image flat index ``row * W +
-      col`` of the first maximum. Its cost grows with the ``(R, oh, W, C)`` row maxima.
+    * ``"direct"`` (:func:`_max_pool_direct_chunked`): the separable running max of
+      :func:`_max_pool_direct` (rows, then columns, with the first maximum's index) over chunks
+      of about ``2**20`` row-maxima cells, one after the other, so that a chunk's row maxima and
+      labels stay in the cache (at 8 x 397 x 397 x 64 -> 146 the whole batch's are ~240 MB).
+      Its cost grows with the ``(R, oh, W, C)`` row maxima.
     * ``"table"`` (:func:`_max_pool_table`): a 2-D sparse table (range-maximum blocks of
       ``2**i x 2**j`` cells) of the feature map, then four gathers per bin. Its cost grows with
       the map times the number of levels; cheaper when many boxes share a small map (Fast
@@ -392,19 +405,28 @@ class RoiPooling2D(BaseRoiLayer):
     first, then columns). For a whole ``147 x 147`` map pooled to ``73 x 73`` this equals
     Inception-v3's ``MaxPooling2D(3, strides=2)``.
 
-    Computation: the pooling is separable (a bin is a rectangle), so rows are pooled first and
-    columns second, each as a running max (or sum) over the ``k`` positions of the windows (``k``
-    = the longest window in the batch, ``ceil(rho) + 1``): ``k`` gathers of one row (column) of
-    every window, no ``(R, n, k, ...)`` intermediate. For ``mode="max"`` the forward pass also
-    records, per output value, the flat index of the cell it came from (the first maximum: the
-    leftmost column holding the bin's max, in it the topmost row), and the backward pass is one
-    scatter-add of the upstream gradient at those indices (Girshick 2015 §2.1; it keeps an int64
-    index per output value and the ``(R, oh, W, C)`` row maxima only while the forward runs).
-    ``mode="average"`` is differentiated by autodiff through the running sums. Forward +
-    backward on 2 CPU threads (2026-11-30, ``bench/bench_roi.py``, medians of 7 noisy rounds):
-    ~2.3x faster than the previous running-max autodiff version at 8 x 397 x 397 x 64 -> 146
-    (~1.5x ``torchvision.ops.roi_pool``) and ~3.5x at 1 x 38 x 50 x 512, 128 boxes -> 7
-    (~2.2x ``torchvision.ops.roi_pool``).
+    Computation (Girshick 2015 §2.1: RoI max pooling, the gradient routed to each bin's argmax):
+    for ``mode="max"`` the forward pass finds, per output value, the cell it came from (the first
+    maximum: the leftmost column holding the bin's max, in it the topmost row) and the backward
+    pass is one scatter-add of the upstream gradient at those cells' flat indices (an int64
+    index per output value is kept). The forward is one of two exact methods, chosen per call
+    by size:
+
+    * direct: the pooling is separable (a bin is a rectangle), so rows are pooled first and
+      columns second, each as a running max over the ``k`` positions of the windows (``k`` = the
+      longest window in the batch, ``ceil(rho) + 1``): ``k`` gathers of one row (column) of every
+      window, no ``(R, n, k, ...)`` intermediate, carrying the first maximum's row, then column.
+      The bin rows are pooled in chunks of about ``2**20`` row-maxima values, one after the
+      other, so that each chunk's working set stays in the CPU cache.
+    * sparse table, when many boxes share a small map (Fast R-CNN: 128 boxes on a 38 x 50
+      map): each cell is coded as one int64, its float32 value's bits (mapped to integers of
+      the same order) above its reversed column-major flat index, so that the max of codes is
+      the max value at its first (column-major) position; a 2-D sparse table holds the max code
+      of every ``2**i x 2**j`` block, and a bin is the union of four (overlapping) blocks at its
+      corners: four gathers and three maxima per bin, whatever its size.
+
+    ``mode="average"`` is differentiated by autodiff through running sums (direct, unchunked).
+    MEASUREMENTS
 
     Inputs: ``[features, boxes]``: ``features (B, H, W, C)``; ``boxes (B, 4)`` or ``(B, K, 4)``
     (float or int, ``(y1, x1, y2, x2)``).
