@@ -429,13 +429,13 @@ class RoiPooling2D(BaseRoiLayer):
       corners: four gathers and three maxima per bin, whatever its size.
 
     ``mode="average"`` is differentiated by autodiff through running sums (direct, unchunked).
-    Forward + backward on 2 CPU threads of a shared, noisy machine (2026-11-30,
-    ``bench/bench_roi.py --quick --repeats=11``, medians and minima of alternating rounds): at
-    1 x 38 x 50 x 512, 128 boxes -> 7 (Fast R-CNN) 86-95 ms (min 70-72) against 123-169 ms
-    (min 110-121) for ``torchvision.ops.roi_pool``, ~0.3x the time of the previous version
-    (one running max over the whole batch, no table); at 8 x 397 x 397 x 64 -> 146 (Jia et al.)
-    about on par with ``torchvision.ops.roi_pool`` (medians 0.75-1.1x, minima 0.85-1.1x) and
-    0.5-0.95x the previous version.
+    Forward + backward on 2 CPU threads of a shared, noisy machine (2026-11-30, three runs of
+    ``bench/bench_roi.py --quick --repeats=11``, medians (minima) of alternating rounds): at
+    1 x 38 x 50 x 512, 128 boxes -> 7 (Fast R-CNN) 79-95 ms (min 58-72) against 123-169 ms
+    (min 89-121) for ``torchvision.ops.roi_pool`` (0.56-0.70x), ~0.3x the time of the previous
+    version (one running max over the whole batch, no table); at 8 x 397 x 397 x 64 -> 146
+    (Jia et al.) about on par with ``torchvision.ops.roi_pool`` (medians 0.75-1.3x, minima
+    0.82-1.08x) and 0.5-0.95x the previous version.
 
     Inputs: ``[features, boxes]``: ``features (B, H, W, C)``; ``boxes (B, 4)`` or ``(B, K, 4)``
     (float or int, ``(y1, x1, y2, x2)``).
