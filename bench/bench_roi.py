@@ -11,7 +11,10 @@ Sizes (``--sizes``):
 feature map (TF: in one compiled ``tf.function``; torch: eager, NCHW, converted before timing).
 
 Implementations:
-  ku RoiPooling2D       the layer (max: forward with the saved argmax, backward one scatter),
+  ku RoiPooling2D       the layer (max: chunked running max or, for many boxes on a small map,
+                        a 2-D sparse table; the saved argmax; backward one scatter),
+  scatter_v1            the layer as merged in commit 0c826d9 (2026-11-30): running max over
+                        the whole batch with the saved argmax, backward one scatter (max only),
   running_max           the layer until 2026-11-30: running tf.maximum over the window
                         positions, differentiated by autodiff (kept as a reference),
   gather_k              the layer until commit 27f5dba (2026-11-23): one gather of all k rows of
@@ -27,6 +30,7 @@ Rounds alternate between implementations; medians (min..max) and the ratio to to
 the layer without torch) are printed as markdown tables.
 
   python bench/bench_roi.py                     # both sizes, 2 threads
+  python bench/bench_roi.py --quick --repeats=11  # ku, scatter_v1 and torchvision only
   python bench/bench_roi.py --sizes=theme --batch=16 --repeats=10 --json=bench/results_roi.json
 
 torch must be imported before TensorFlow in one process (the other order crashes with the
@@ -137,6 +141,85 @@ def roi_pool_running_max(x, boxes, output, scale, mode):
         out = ops.reshape(out, (-1, k, output, output, shape[3]))
     return out
 
+# -- the scatter implementation (ku until 2026-11-30, commit 0c826d9), for the ratio ----------
+def _first_max_v1(gather, label, lo, hi, length):
+    """Running max over the window offsets with the label of the first maximum (as in 0c826d9)."""
+    import tensorflow as tf
+
+    width = hi - lo
+    kmax = tf.maximum(tf.reduce_max(width), 1)
+    last_offset = tf.maximum(width - 1, 0)
+    last = tf.maximum(tf.cast(length, "int32") - 1, 0)
+
+    def pos(j):
+        return tf.clip_by_value(lo + tf.minimum(j, last_offset), 0, last)
+
+    p = pos(0)
+    acc = gather(p)
+    arg = tf.broadcast_to(label(p), tf.shape(acc))
+
+    def body(j, acc, arg):
+        p = pos(j)
+        g = gather(p)
+        return j + 1, tf.maximum(acc, g), tf.where(g > acc, label(p), arg)
+
+    _, acc, arg = tf.while_loop(lambda j, *_: j < kmax, body, (tf.constant(1), acc, arg))
+    return acc, arg, width
+
+
+def roi_pool_scatter_v1(x, boxes, output, scale, mode):
+    """``RoiPooling2D`` max as merged in 0c826d9 (2026-11-30): separable running max over the
+    whole batch (rows, then columns) recording the first maximum's flat index, backward one
+    ``SparseTensorDenseAdd`` scatter (``tf.custom_gradient``)."""
+    import tensorflow as tf
+
+    flat, bidx, k = _flatten_boxes(boxes, "scatter_v1")
+    corners = ops.cast(_round_half_away(flat * scale), "int32")
+    shape0 = tf.shape(x)
+    hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], output, shape0[1])
+    wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], output, shape0[2])
+
+    @tf.custom_gradient
+    def pool(x):
+        shape = tf.shape(x)
+        h, w, c = shape[1], shape[2], shape[3]
+        if k is None:
+            def gather_rows(p):
+                return tf.gather(x, p, axis=1, batch_dims=1)
+        else:
+            src = tf.broadcast_to(bidx[:, None], tf.shape(hlo))
+
+            def gather_rows(p):
+                return tf.gather_nd(x, tf.stack([src, p], axis=-1))
+        rows, rarg, hwidth = _first_max_v1(gather_rows, lambda p: (p * w)[:, :, None, None],
+                                           hlo, hhi, h)
+        acc, arg, wwidth = _first_max_v1(
+            lambda p: tf.gather(rows, p, axis=2, batch_dims=1),
+            lambda p: tf.gather(rarg, p, axis=2, batch_dims=1) + p[:, None, :, None],
+            wlo, whi, w)
+        empty = tf.logical_or((hwidth <= 0)[:, :, None, None], (wwidth <= 0)[:, None, :, None])
+        out = tf.where(empty, tf.zeros_like(acc), acc)
+        hw = tf.cast(h, "int64") * tf.cast(w, "int64")
+        c64 = tf.cast(c, "int64")
+        index = ((tf.cast(bidx, "int64")[:, None, None, None] * hw + tf.cast(arg, "int64")) * c64
+                 + tf.range(c64))
+
+        def grad(dy):
+            dy = tf.where(empty, tf.zeros_like(dy), dy)
+            n = tf.reshape(tf.cast(shape[0], "int64") * hw * c64, [1])
+            dx = tf.raw_ops.SparseTensorDenseAdd(
+                a_indices=tf.reshape(index, [-1, 1]), a_values=tf.reshape(dy, [-1]), a_shape=n,
+                b=tf.zeros(n, dy.dtype))
+            return tf.reshape(dx, shape)
+
+        return out, grad
+
+    out = pool(x)
+    if k is not None:
+        out = ops.reshape(out, (-1, k, output, output, shape0[3]))
+    return out
+
+
 def _data(size, rng, args):
     """Features (NHWC), boxes ((B, 4) or (1, K, 4), input pixels), output side and scale."""
     if size == "theme":  # Jia et al.: stride-2 map of the 800 x 800 canvas, one box per image
@@ -200,7 +283,11 @@ def run_size(size, args, tf, torch_ok):
         "ku RoiPooling2D": fwd_bwd(lambda x, bx: layer([x, bx])),
         "running_max": fwd_bwd(lambda x, bx: roi_pool_running_max(x, bx, out, scale, args.mode)),
     }
-    if size == "theme":  # (gather_k: ~6 s a round at the Fast R-CNN size, so only here)
+    if args.mode == "max":
+        impls["scatter_v1"] = fwd_bwd(lambda x, bx: roi_pool_scatter_v1(x, bx, out, scale, args.mode))
+    if args.quick:
+        impls.pop("running_max")
+    if size == "theme" and not args.quick:  # (gather_k: ~6 s a round at the Fast R-CNN size)
         impls["gather_k"] = fwd_bwd(lambda x, bx: roi_pool_gather_k(x, bx, out, scale, args.mode))
         impls["python_loop"] = fwd_bwd(lambda x, bx: tf.concat(
             [layer([x[i:i + 1], bx[i:i + 1]]) for i in range(b)], 0))
@@ -244,6 +331,8 @@ def run_size(size, args, tf, torch_ok):
     for name, t in med.items():
         print(f"| {name} | {1000 * t:.1f} | {1000 * min(ts[name]):.1f}..{1000 * max(ts[name]):.1f} "
               f"| {t / med[base]:.2f} |")
+    if "scatter_v1" in med:
+        print(f"\nku RoiPooling2D / scatter_v1 (medians): {med['ku RoiPooling2D'] / med['scatter_v1']:.2f}")
     if tv_note:
         print(f"\n{tv_note}")
     return {"seconds": med, "all_seconds": ts}
@@ -259,6 +348,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (after one warm-up run)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of TF and torch")
     ap.add_argument("--mode", default="max", choices=["max", "average"], help="pooling mode")
+    ap.add_argument("--quick", action="store_true",
+                    help="only ku RoiPooling2D, scatter_v1 and torchvision")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
 

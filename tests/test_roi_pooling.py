@@ -274,11 +274,18 @@ def first_max_gradient_ref(x, boxes, out_hw, scale, w):
     return ref
 
 
+@pytest.mark.parametrize("method", ["auto", "direct", "direct-chunks-of-1", "table"])
 @pytest.mark.parametrize("seed", range(4))
-def test_max_gradient_random_ties_and_clipped_boxes(seed):
+def test_max_gradient_random_ties_and_clipped_boxes(seed, method, monkeypatch):
     """Random integer maps (repeated maxima), boxes partly or wholly outside the map, boxes
     smaller than the grid (bins sharing rows), K boxes per image: outputs equal the Fast R-CNN
     loop exactly, and the gradient equals the first-maximum scatter."""
+    import ku.layers.roi_pooling_2d as roi_module
+
+    if method == "direct-chunks-of-1":  # one row of bins a chunk
+        method = "direct"
+        monkeypatch.setattr(roi_module, "_CHUNK_CELLS", 1)
+    monkeypatch.setattr(roi_module, "_MAX_METHOD", method)
     rng = np.random.default_rng(100 + seed)
     B, H, W, C, K = 2, int(rng.integers(5, 20)), int(rng.integers(5, 20)), 3, 4
     out_hw = tuple(int(v) for v in rng.integers(1, 8, 2))
@@ -424,3 +431,32 @@ def test_saved_model_export_dynamic_batch(tmp_path):
         boxes = random_boxes(rng, b, 2 * h, 2 * w)
         np.testing.assert_allclose(np.asarray(loaded.serve([x, boxes])),
                                    roi_pool_ref(x, boxes, (6, 6), 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_methods_agree(dtype, monkeypatch):
+    """The direct (separable running max) and the table (2-D sparse table) forwards give the same
+    outputs, bit for bit, and the same gradients, on a Fast R-CNN-like map with many boxes of
+    all sizes (windows of 1 to ~12 cells) and on a map with many ties (zeros, -0.0)."""
+    import ku.layers.roi_pooling_2d as roi_module
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 19, 25, 6)).astype(dtype)
+    x[0, ::2] = 0.0
+    x[1, :, ::3] = -0.0
+    k = 20
+    y1, x1 = rng.uniform(-20, 280, (2, k)), rng.uniform(-20, 380, (2, k))
+    boxes = np.stack([y1, x1, y1 + rng.uniform(0, 200, (2, k)), x1 + rng.uniform(0, 200, (2, k))],
+                     -1).astype(np.float32)
+    w = rng.normal(size=(2, k, 7, 7, 6)).astype(dtype)
+    res = {}
+    for method in ["direct", "table"]:
+        monkeypatch.setattr(roi_module, "_MAX_METHOD", method)
+        layer = RoiPooling2D(7, 1 / 16)
+        res[method] = (np.asarray(layer([x, boxes])), _grad(layer, x, boxes, w))
+    np.testing.assert_array_equal(res["table"][0], res["direct"][0])
+    assert (np.signbit(res["table"][0]) == np.signbit(res["direct"][0])).all()
+    np.testing.assert_array_equal(res["table"][1], res["direct"][1])
+    if dtype == "float32":
+        ref = first_max_gradient_ref(x, boxes, (7, 7), 1 / 16, w)
+        np.testing.assert_allclose(res["table"][1], ref, rtol=1e-5, atol=1e-5)
