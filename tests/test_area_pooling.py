@@ -172,3 +172,16 @@ def test_preprocessing_save_reload(tmp_path, mode):
     assert reloaded.get_layer("pre").mode == mode
     x = np.random.default_rng(9).uniform(0, 255, size=(2, 6, 5, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("n,m", [(17, 5), (5, 5), (3, 5), (1, 5), (1000, 7), (71, 5)])
+def test_static_size_weights_equal_dynamic_ones_bit_for_bit(n, m):
+    """A Python-int size takes the numpy path (needed under jax.jit, where a traced arange fails);
+    it must give the same float32 weights as the tensor path used for dynamic sizes."""
+    import tensorflow as tf
+
+    static = np.asarray(area_weights(n, m))
+    dynamic = np.asarray(area_weights(tf.constant(n), m))
+    assert static.dtype == np.float32 and static.shape == (m, n)
+    np.testing.assert_array_equal(static, dynamic)
+    np.testing.assert_allclose(static.sum(axis=1), 1.0, rtol=1e-6)

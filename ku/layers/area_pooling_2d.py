@@ -10,6 +10,7 @@ average pooling" for wide features. The released code used ``tf.image.resize_are
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 __all__ = ["AreaPooling2D", "area_weights"]
@@ -44,6 +45,15 @@ def area_weights(in_size, out_size: int, dtype="float32"):
     Returns:
         ``(out_size, in_size)`` tensor.
     """
+    if isinstance(in_size, (int, np.integer)):  # static size: numpy, the same float32 arithmetic
+        n_i, m32 = int(in_size), np.float32(out_size)  # (a traced arange fails under jax.jit)
+        i = np.arange(out_size, dtype=np.int64)
+        lo = (i * n_i).astype(np.float32) / m32
+        hi = ((i + 1) * n_i).astype(np.float32) / m32
+        j = np.arange(n_i, dtype=np.float32)
+        overlap = np.minimum(j[None, :] + np.float32(1.0), hi[:, None]) - np.maximum(j[None, :], lo[:, None])
+        w = np.maximum(overlap, np.float32(0.0)) / (np.float32(n_i) / m32)
+        return ops.convert_to_tensor(w.astype(np.float32), dtype=dtype)
     n_int = ops.cast(in_size, "int32")
     n = ops.cast(n_int, "float32")
     m = float(out_size)
