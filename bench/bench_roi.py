@@ -94,15 +94,24 @@ def _windows(lo, hi, length):
     return pos, valid, width <= 0
 
 
+def _bins(x, boxes, output, scale, name):
+    """What every reference starts with: the flattened boxes, their image indices, boxes per image
+    (None: one), the map's dynamic shape and the integer bin bounds (the layer's rules)."""
+    import tensorflow as tf
+
+    flat, bidx, k = _flatten_boxes(boxes, name)
+    corners = ops.cast(_round_half_away(flat * scale), "int32")
+    shape = tf.shape(x)
+    hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], output, shape[1])
+    wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], output, shape[2])
+    return bidx, k, shape, hlo, hhi, wlo, whi
+
+
 def roi_pool_gather_k(x, boxes, output, scale, mode):
     import tensorflow as tf
 
-    flat, bidx, _ = _flatten_boxes(boxes, "gather_k")
-    corners = ops.cast(_round_half_away(flat * scale), "int32")
-    shape = tf.shape(x)
+    bidx, _, shape, hlo, hhi, wlo, whi = _bins(x, boxes, output, scale, "gather_k")
     h, w = shape[1], shape[2]
-    hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], output, h)
-    wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], output, w)
     pos, valid, empty = _windows(hlo, hhi, h)
     src = ops.broadcast_to(bidx[:, None, None], ops.shape(pos))
     g = tf.gather_nd(x, ops.stack([src, pos], axis=-1))
@@ -122,12 +131,8 @@ def roi_pool_running_max(x, boxes, output, scale, mode):
 
     from ku.layers.roi_pooling_2d import _pool_windows
 
-    flat, bidx, k = _flatten_boxes(boxes, "running_max")
-    corners = ops.cast(_round_half_away(flat * scale), "int32")
-    shape = tf.shape(x)
+    bidx, k, shape, hlo, hhi, wlo, whi = _bins(x, boxes, output, scale, "running_max")
     h, w = shape[1], shape[2]
-    hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], output, h)
-    wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], output, w)
     if k is None:
         rows = _pool_windows(lambda pos: tf.gather(x, pos, axis=1, batch_dims=1), hlo, hhi, h,
                              mode, (-1, -1))
@@ -143,28 +148,11 @@ def roi_pool_running_max(x, boxes, output, scale, mode):
 
 # -- the scatter implementation (ku until 2026-11-30, commit 0c826d9), for the ratio ----------
 def _first_max_v1(gather, label, lo, hi, length):
-    """Running max over the window offsets with the label of the first maximum (as in 0c826d9)."""
-    import tensorflow as tf
+    """Running max over the window offsets with the label of the first maximum (as in 0c826d9:
+    the layer's helper with its ``where`` update)."""
+    from ku.layers.roi_pooling_2d import _first_max
 
-    width = hi - lo
-    kmax = tf.maximum(tf.reduce_max(width), 1)
-    last_offset = tf.maximum(width - 1, 0)
-    last = tf.maximum(tf.cast(length, "int32") - 1, 0)
-
-    def pos(j):
-        return tf.clip_by_value(lo + tf.minimum(j, last_offset), 0, last)
-
-    p = pos(0)
-    acc = gather(p)
-    arg = tf.broadcast_to(label(p), tf.shape(acc))
-
-    def body(j, acc, arg):
-        p = pos(j)
-        g = gather(p)
-        return j + 1, tf.maximum(acc, g), tf.where(g > acc, label(p), arg)
-
-    _, acc, arg = tf.while_loop(lambda j, *_: j < kmax, body, (tf.constant(1), acc, arg))
-    return acc, arg, width
+    return _first_max(gather, label, lo, hi, length, increasing=False)
 
 
 def roi_pool_scatter_v1(x, boxes, output, scale, mode):
@@ -173,11 +161,7 @@ def roi_pool_scatter_v1(x, boxes, output, scale, mode):
     ``SparseTensorDenseAdd`` scatter (``tf.custom_gradient``)."""
     import tensorflow as tf
 
-    flat, bidx, k = _flatten_boxes(boxes, "scatter_v1")
-    corners = ops.cast(_round_half_away(flat * scale), "int32")
-    shape0 = tf.shape(x)
-    hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], output, shape0[1])
-    wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], output, shape0[2])
+    bidx, k, shape0, hlo, hhi, wlo, whi = _bins(x, boxes, output, scale, "scatter_v1")
 
     @tf.custom_gradient
     def pool(x):
