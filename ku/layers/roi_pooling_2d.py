@@ -198,7 +198,7 @@ def _span_tables(v, levels, axis, length):
     return tv.stack()
 
 
-def _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi):
+def _max_pool_direct(x, bidx, hlo, hhi, wlo, whi):
     """Separable running max, rows first, ``rows[r, i, w, c] = max x[b_r, hlo .. hhi - 1, w, c]``
     with the row of the first maximum (:func:`_first_max` over the row windows, whole rows
     gathered), then columns, carrying the in-image flat index ``row * W + col`` of the first
@@ -209,14 +209,10 @@ def _max_pool_direct(x, bidx, one_per_image, hlo, hhi, wlo, whi):
 
     shape = tf.shape(x)
     h, w = shape[1], shape[2]
-    if one_per_image:  # box r is image r
-        def gather_rows(p):
-            return tf.gather(x, p, axis=1, batch_dims=1)
-    else:
-        src = tf.broadcast_to(bidx[:, None], tf.shape(hlo))
+    src = tf.broadcast_to(bidx[:, None], tf.shape(hlo))
 
-        def gather_rows(p):
-            return tf.gather_nd(x, tf.stack([src, p], axis=-1))
+    def gather_rows(p):
+        return tf.gather_nd(x, tf.stack([src, p], axis=-1))
     # rows: (R, oh, W, C), labels row * W
     rows, rarg, hwidth = _first_max(gather_rows, lambda p: (p * w)[:, :, None, None],
                                     hlo, hhi, h, increasing=True)
@@ -253,8 +249,7 @@ def _max_pool_direct_chunked(x, bidx, hlo, hhi, wlo, whi, cells=None):
 
     def body(i, *ta):
         s = slice(i * g, tf.minimum(i * g + g, rb))
-        acc, index, empty = _max_pool_direct(x, bidx_u[s], False, hlo_u[s], hhi_u[s], wlo_u[s],
-                                             whi_u[s])
+        acc, index, empty = _max_pool_direct(x, bidx_u[s], hlo_u[s], hhi_u[s], wlo_u[s], whi_u[s])
         res = (tf.where(empty, tf.zeros_like(acc), acc), index, empty)  # zeroed in the cache
         return (i + 1,) + tuple(t.write(i, v) for t, v in zip(ta, res))
 
@@ -304,7 +299,7 @@ def _max_pool_table(x, bidx, hlo, hhi, wlo, whi):
     return tf.where(empty, tf.zeros_like(out), out), index, empty
 
 
-def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
+def _roi_max_pool(x, bidx, hlo, hhi, wlo, whi, method="auto"):
     """ROI max pooling of ``x (B, H, W, C)`` to ``(R, oh, ow, C)`` over the bins
     ``[hlo, hhi) x [wlo, whi)`` (``(R, oh)``, ``(R, ow)``) of the boxes of images ``bidx (R,)``,
     with the gradient of the Fast R-CNN operator: each output's gradient goes to the one cell
@@ -344,15 +339,17 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
         h, w = shape[1], shape[2]
 
         def direct():
-            return _max_pool_direct_chunked(x, bidx, hlo, hhi, wlo, whi) + (False,)
+            return _max_pool_direct_chunked(x, bidx, hlo, hhi, wlo, whi)
 
         def table():
-            return _max_pool_table(x, bidx, hlo, hhi, wlo, whi) + (True,)
+            return _max_pool_table(x, bidx, hlo, hhi, wlo, whi)
 
+        # `transposed`: the indices point into the (B, W, H, C) map (the table's), a Python bool
+        # when the method is known here, else a boolean tensor
         if method == "direct" or x.dtype.size > 4:  # the table codes hold float32 values
-            acc, index, empty, transposed = direct()
+            (acc, index, empty), transposed = direct(), False
         elif method == "table":
-            acc, index, empty, transposed = table()
+            (acc, index, empty), transposed = table(), True
         else:
             kh = tf.maximum(tf.reduce_max(hhi - hlo), 1)
             kw = tf.maximum(tf.reduce_max(whi - wlo), 1)
@@ -362,11 +359,14 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
             direct_cells = f(tf.size(hlo)) * f(w) * f(kh)
             use_table = tf.logical_and(table_cells < direct_cells,
                                        tf.size(x, out_type=tf.int64) < 2 ** 31)
-            acc, index, empty, transposed = tf.cond(
-                use_table, lambda: table()[:3] + (tf.constant(True),),
-                lambda: direct()[:3] + (tf.constant(False),))
-        out = acc  # empty bins already zeroed
+            acc, index, empty = tf.cond(use_table, table, direct)
+            transposed = use_table
         any_empty = tf.reduce_any(empty)
+
+        def unflatten(dx, transposed):
+            if not transposed:
+                return tf.reshape(dx, shape)
+            return tf.transpose(tf.reshape(dx, tf.gather(shape, [0, 2, 1, 3])), [0, 2, 1, 3])
 
         def grad(dy):
             # empty bins hold a clipped index: their gradient is dropped
@@ -376,14 +376,10 @@ def _roi_max_pool(x, bidx, one_per_image, hlo, hhi, wlo, whi, method="auto"):
                 a_indices=tf.reshape(index, [-1, 1]), a_values=tf.reshape(dy, [-1]), a_shape=n,
                 b=tf.zeros(n, dy.dtype))
             if isinstance(transposed, bool):
-                if not transposed:
-                    return tf.reshape(dx, shape)
-                return tf.transpose(tf.reshape(dx, tf.gather(shape, [0, 2, 1, 3])), [0, 2, 1, 3])
-            return tf.cond(transposed, lambda: tf.transpose(
-                tf.reshape(dx, tf.gather(shape, [0, 2, 1, 3])), [0, 2, 1, 3]),
-                lambda: tf.reshape(dx, shape))
+                return unflatten(dx, transposed)
+            return tf.cond(transposed, lambda: unflatten(dx, True), lambda: unflatten(dx, False))
 
-        return out, grad
+        return acc, grad  # empty bins already zeroed
 
     return pool(x)
 
@@ -478,7 +474,7 @@ class RoiPooling2D(BaseRoiLayer):
         hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], oh, h)         # eqs. 2-3
         wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], ow, w)
         if self.mode == "max":
-            out = _roi_max_pool(x, bidx, k is None, hlo, hhi, wlo, whi, _MAX_METHOD)
+            out = _roi_max_pool(x, bidx, hlo, hhi, wlo, whi, _MAX_METHOD)
         else:
             # rows: (R, oh, W, C), one gathered row of every window per step
             if k is None:  # one box per image: box r is image r
