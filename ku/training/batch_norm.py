@@ -18,6 +18,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from ku.training.validation import _is_indexable_dataset
+
 __all__ = ["recalibrate_batch_norm"]
 
 
@@ -48,8 +50,7 @@ def _batches(data, batch_size):
         for i in range(0, len(data), batch_size):
             yield data[i:i + batch_size]
         return
-    items = (data[i] for i in range(len(data))) if hasattr(data, "__getitem__") and hasattr(data, "__len__") \
-        else iter(data)
+    items = (data[i] for i in range(len(data))) if _is_indexable_dataset(data) else iter(data)
     for batch in items:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 

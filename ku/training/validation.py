@@ -83,19 +83,22 @@ class ValidationCorrelation(keras.callbacks.Callback):
         self.prefix = str(prefix)
         self.scores = scores
         self.compute_loss = bool(compute_loss)
-        self._weights = None
 
     def predict(self):
         """``(y_true, y_pred)`` on the whole validation set, as numpy arrays."""
+        return self._predict()[:2]
+
+    def _predict(self):
+        """``(y_true, y_pred, sample_weight)`` on the whole validation set (weights None when the
+        data has none)."""
         data = self.validation_data
-        self._weights = None
         if isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], keras.utils.PyDataset):
             x, y = data[0], data[1]
-            self._weights = _numpy(data[2]) if len(data) == 3 else None
+            w = _numpy(data[2]) if len(data) == 3 else None
             if _multi_worker_model(self.model):
                 return _numpy(y), np.concatenate([_numpy(self.model(x[i:i + self.batch_size], training=False))
-                                                  for i in range(0, len(x), self.batch_size)])
-            return _numpy(y), _numpy(self.model.predict(x, batch_size=self.batch_size, verbose=0))
+                                                  for i in range(0, len(x), self.batch_size)]), w
+            return _numpy(y), _numpy(self.model.predict(x, batch_size=self.batch_size, verbose=0)), w
         ys, ps, ws = [], [], []
         if _is_indexable_dataset(data):
             n = len(data)
@@ -114,21 +117,22 @@ class ValidationCorrelation(keras.callbacks.Callback):
                 ps.append(_numpy(self.model.predict_on_batch(x)))
         if not ys:
             raise ValueError("ValidationCorrelation: the validation data gave no batches")
+        weights = None
         if any(w is not None for w in ws):
             if any(w is None for w in ws):
                 raise ValueError("ValidationCorrelation: some validation batches have sample weights, others not")
-            self._weights = np.concatenate(ws, axis=0)
-        return np.concatenate(ys, axis=0), np.concatenate(ps, axis=0)
+            weights = np.concatenate(ws, axis=0)
+        return np.concatenate(ys, axis=0), np.concatenate(ps, axis=0), weights
 
     def compute(self) -> dict:
         """The log entries for the current model."""
         from ku import metrics
 
-        y, p = self.predict()
+        y, p, w = self._predict()
         out = {}
         if self.compute_loss:
             out[self.prefix + "loss"] = float(_numpy(self.model.compute_loss(
-                y=y, y_pred=p, sample_weight=self._weights, training=False)))
+                y=y, y_pred=p, sample_weight=w, training=False)))
         keys = [self.prefix + k for k in ("srcc", "plcc", "mean_mse")]
         try:
             t, q = mean_scores(y, self.scores), mean_scores(p, self.scores)
