@@ -430,8 +430,10 @@ class RoiPooling2D(BaseRoiLayer):
     1 x 38 x 50 x 512, 128 boxes -> 7 (Fast R-CNN) 79-95 ms (min 58-72) against 123-169 ms
     (min 89-121) for ``torchvision.ops.roi_pool`` (0.56-0.70x), ~0.3x the time of the previous
     version (one running max over the whole batch, no table); at 8 x 397 x 397 x 64 -> 146
-    (Jia et al.) about on par with ``torchvision.ops.roi_pool`` (medians 0.75-1.3x, minima
-    0.82-1.08x) and 0.5-0.95x the previous version.
+    (Jia et al.) medians 0.75-1.3x of ``torchvision.ops.roi_pool`` (minima 0.82-1.08x) and
+    0.5-0.95x the previous version. On the otherwise idle machine the same day
+    (``bench/README.md``): 0.83x at the Fast R-CNN size, 1.12x and 1.60x at the Jia et al. size
+    (medians of two runs; single rounds vary from 0.3 to 1.1 s), so slower than torchvision there.
 
     Inputs: ``[features, boxes]``: ``features (B, H, W, C)``; ``boxes (B, 4)`` or ``(B, K, 4)``
     (float or int, ``(y1, x1, y2, x2)``).
