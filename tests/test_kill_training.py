@@ -73,7 +73,7 @@ def _train_job(cfg):
 
     data = json.loads(Path(cfg["data"]).read_text())
     train_seq = FeatureSequence(data["store"], data["train_ids"], np.asarray(data["y_train"]), batch_size=BATCH,
-                                augmentation="random", seed=3)
+                                augmentation="random", seed=3, workers=2)  # as run_mlsp
     val_seq = FeatureSequence(data["store"], data["val_ids"], np.asarray(data["y_val"]), batch_size=BATCH,
                               augmentation=0)
     model = single_3fc(F, x_size=32, dropout=(0.25, 0.25, 0.5))

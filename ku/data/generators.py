@@ -39,6 +39,7 @@ are reproducible end to end (this sequence already shuffles items itself).
 from __future__ import annotations
 
 import logging
+import threading
 
 import keras
 import numpy as np
@@ -131,7 +132,10 @@ class FeatureSequence(keras.utils.PyDataset):
             (``numpy.array_split`` of its items): worker ``i`` of ``n`` in data-parallel
             training, with ``batch_size`` the global batch size. A last global batch with fewer
             than ``n`` items is dropped (every part must have a batch). Default: the whole batch.
-        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` (``PyDataset``).
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` (``PyDataset``). With
+            ``workers > 1`` Keras reads batches in threads (its ordered enqueuer): the batches, their
+            order and augmentation draws are the same as with one worker (they depend only on
+            ``(seed, epoch)``, and the enqueuer stops before ``on_epoch_end`` moves the epoch).
     Batches: ``(x, y)`` with x float32 (B, *feature_shape), y float32 (B,) or (B, K); or ``x``.
     Requesting ids that are missing from the store or whose rows are incomplete raises a
     :class:`~ku.data.store.FeatureStoreError` naming the file at construction.
@@ -154,6 +158,7 @@ class FeatureSequence(keras.utils.PyDataset):
         self.drop_remainder = bool(drop_remainder)
         self.part = _check_part(part)
         self._store = None
+        self._store_lock = threading.Lock()  # workers > 1: reader threads share one handle
         with open_store(self.store_path) as store:
             self.rows = store.index_of(self.ids)
             store.check_complete(self.rows)
@@ -206,9 +211,10 @@ class FeatureSequence(keras.utils.PyDataset):
         return self.num_batches
 
     def _get_store(self):
-        if self._store is None:
-            self._store = open_store(self.store_path)
-        return self._store
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.store_path)
+            return self._store
 
     def global_batch_positions(self, index: int) -> np.ndarray:
         """Positions (into ``ids``) of all items of global batch ``index`` in the current epoch
@@ -246,12 +252,18 @@ class FeatureSequence(keras.utils.PyDataset):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_store"] = None  # never pickle an open HDF5 handle; reopened lazily per process
+        del state["_store_lock"]
         return state
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._store_lock = threading.Lock()
+
     def close(self):
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
 
 def iter_all_augmentations(store_path, ids, batch_size: int = 128):

@@ -232,8 +232,10 @@ def run_mlsp(ids, work_dir, *, backbone="inception_resnet_v2", backbone_weights=
         init_output_bias(model, float(np.mean(targets["training"])))
     echo(f"[2/3] training {head} ({model.count_params():,} parameters) on "
          f"{len(sets['training'])} images, validating on {len(sets['validation'])}")
+    # workers=2: Keras' ordered enqueuer reads the next batches while a step runs (same batches as
+    # one worker); with one worker each epoch could wait ~7 s for TensorFlow to start its iterator
     train_seq = FeatureSequence(store_path, sets["training"], targets["training"],
-                                batch_size=batch_size, augmentation="random", seed=seed)
+                                batch_size=batch_size, augmentation="random", seed=seed, workers=2)
     # Validation: one fixed augmentation per image, identical every epoch (deterministic).
     val_seq = FeatureSequence(store_path, sets["validation"], targets["validation"],
                               batch_size=batch_size, augmentation=0)
