@@ -817,8 +817,6 @@ def _cmd_predict(args) -> int:
                            theme_column=args.theme_column)
     if not items:
         raise UsageError("INPUTS", "no images given (the CSV inputs have no rows)")
-    if args.max_pixels is not None and args.max_pixels < 0:
-        raise UsageError("--max-pixels", f"must be an integer >= 0 (0 = no limit), got {args.max_pixels}")
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     model, family = load_model(args)
     module = _module_for(args, model, family)
@@ -1032,6 +1030,31 @@ def _add_model_args(p):
     p.epilog = "short model names:\n" + names
 
 
+# command -> (one-line help, description)
+_COMMAND_HELP = {
+    "predict": ("score images -> CSV/JSON",
+                "Score images (files, folders searched recursively, CSVs with an image-path column) "
+                "and write mean score, standard deviation and distribution (where the model has "
+                "one). Unreadable images are skipped, listed at the end and written to "
+                "<out>.errors.csv; the exit status is then 3."),
+    "evaluate": ("paper metrics of a predictions file",
+                 "SRCC, PLCC, accuracy, MSE, MAE, RMSE of predictions against labels (and KL, JS, "
+                 "chi2, EMD, ... when both have distributions), matched by image id."),
+    "export": ("write a SavedModel (no ku needed)",
+               "Write a TensorFlow SavedModel with signatures serving_default (encoded JPEG/PNG "
+               "bytes of any size -> mean_score[, std_score, distribution]) and predict_images "
+               "(float32 [batch, h, w, 3] 0..255); loads with tf.saved_model.load or TF Serving "
+               "without ku."),
+}
+
+
+def _add_max_pixels(p, effect: str):
+    """``--max-pixels N`` (predict and export): ``effect`` with more than N pixels."""
+    p.add_argument("--max-pixels", type=_non_negative_int, metavar="N",
+                   help=f"{effect} with more than N pixels, read from the file header before "
+                        "decoding (default 50,000,000; 0 = no limit). Size policy: docs/bad_input.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ku`` argument parser (subcommands predict, evaluate, export)."""
     from ku import __version__
@@ -1049,12 +1072,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "default; TF_CPP_MIN_LOG_LEVEL, when set, is always honoured)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("predict", formatter_class=fmt, help="score images -> CSV/JSON",
-                       description="Score images (files, folders searched recursively, CSVs with "
-                                   "an image-path column) and write mean score, standard "
-                                   "deviation and distribution (where the model has one). "
-                                   "Unreadable images are skipped, listed at the end and written "
-                                   "to <out>.errors.csv; the exit status is then 3.")
+    parsers = {name: sub.add_parser(name, formatter_class=fmt, help=short, description=long)
+               for name, (short, long) in _COMMAND_HELP.items()}
+
+    p = parsers["predict"]
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image files, folders (recursive; .jpg .jpeg .png .bmp .tif .tiff .webp "
                         "...) and/or .csv files with a --path-column")
@@ -1071,17 +1092,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--theme-column", default="theme_index",
                    help="theme-index column of CSV inputs, for theme models (default theme_index; "
                         "0 = unknown theme when absent)")
-    p.add_argument("--max-pixels", type=int, metavar="N",
-                   help="skip images with more than N pixels, read from the file header "
-                        "before decoding (default 50,000,000; 0 = no limit). Size policy: "
-                        "docs/bad_input.md")
+    _add_max_pixels(p, "skip images")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress counter on stderr")
     _add_model_args(p)
 
-    p = sub.add_parser("evaluate", formatter_class=fmt, help="paper metrics of a predictions file",
-                       description="SRCC, PLCC, accuracy, MSE, MAE, RMSE of predictions against "
-                                   "labels (and KL, JS, chi2, EMD, ... when both have "
-                                   "distributions), matched by image id.")
+    p = parsers["evaluate"]
     p.add_argument("--predictions", required=True, metavar="FILE",
                    help="ku predict output (.csv or .json), or any CSV with image_id (or "
                         "image_path) and mean_score (or mos / score) columns")
@@ -1101,18 +1116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="name of this row (default: the predictions file name)")
     p.add_argument("--out", metavar="FILE.csv", help="also write the table as CSV")
 
-    p = sub.add_parser("export", formatter_class=fmt, help="write a SavedModel (no ku needed)",
-                       description="Write a TensorFlow SavedModel with signatures "
-                                   "serving_default (encoded JPEG/PNG bytes of any size -> "
-                                   "mean_score[, std_score, distribution]) and predict_images "
-                                   "(float32 [batch, h, w, 3] 0..255); loads with "
-                                   "tf.saved_model.load or TF Serving without ku.")
+    p = parsers["export"]
     p.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--max-pixels", type=_non_negative_int, metavar="N",
-                   help="serving_default refuses images with more than N pixels, read from the "
-                        "header before decoding (default 50,000,000; 0 = no limit). Size policy: "
-                        "docs/bad_input.md")
+    _add_max_pixels(p, "serving_default refuses images")
     _add_model_args(p)
     for p in sub.choices.values():
         _add_verbose(p)

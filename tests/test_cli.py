@@ -278,6 +278,8 @@ def test_export_then_reload(files, folder, tmp_path, no_network, capsys):
      "the following arguments are required: --model"),
     (["predict", "{folder}", "--model", "{toy}", "--max-side", "-3"],
      "argument --max-side: expected a positive integer, got '-3'"),
+    (["predict", "{folder}", "--model", "{toy}", "--max-pixels", "-1"],
+     "argument --max-pixels: expected an integer >= 0, got '-1'"),
     (["evaluate", "--predictions", "{tmp}/bad_preds.csv", "--labels", "{tmp}/AVA.txt"],
      "argument --predictions: '{tmp}/bad_preds.csv' needs a mean_score"),
     (["evaluate", "--predictions", "{tmp}/nothing.csv", "--labels", "{tmp}/AVA.txt"],
