@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from grads import gradient
 from ku.layers import RoiAlign2D, RoiPooling2D, image_boxes, roi_bin_bounds
 
 
@@ -116,9 +117,15 @@ def random_boxes(rng, n, img_h, img_w, min_side=1):
 # ---------------------------------------------------------------------------------------------
 # RoiPooling2D forward
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["auto", "ops"])
 @pytest.mark.parametrize("mode", ["max", "average"])
 @pytest.mark.parametrize("out_hw, scale", [((5, 5), 1.0), ((7, 4), 1.0), ((6, 6), 0.5), ((3, 8), 0.25)])
-def test_roi_pool_matches_numpy_loop(mode, out_hw, scale):
+def test_roi_pool_matches_numpy_loop(mode, out_hw, scale, method, monkeypatch):
+    """Both implementations (on TensorFlow: its own and the keras.ops one of the other backends;
+    other backends always run the keras.ops one) equal the Fast R-CNN loop."""
+    import ku.layers.roi_pooling_2d as roi_module
+
+    monkeypatch.setattr(roi_module, "_MAX_METHOD", method)
     rng = np.random.default_rng(hash((mode, out_hw, scale)) % 2**32)
     x = rand((3, 19, 23, 2), seed=int(rng.integers(1 << 30)))
     # boxes in input pixels (map size / scale): random ones, incl. sizes below the grid
@@ -207,11 +214,7 @@ def test_values_outside_the_box_do_not_matter(layer):
 # gradients
 # ---------------------------------------------------------------------------------------------
 def _grad(layer, x, boxes, w):
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        s = tf.reduce_sum(layer([xt, boxes]) * w)
-    return tape.gradient(s, xt).numpy()
+    return gradient(lambda xt: keras.ops.sum(layer([xt, boxes]) * w), x)
 
 
 def test_max_gradient_goes_to_argmax():
@@ -274,7 +277,7 @@ def first_max_gradient_ref(x, boxes, out_hw, scale, w):
     return ref
 
 
-@pytest.mark.parametrize("method", ["auto", "direct", "direct-chunks-of-1", "table"])
+@pytest.mark.parametrize("method", ["auto", "direct", "direct-chunks-of-1", "table", "ops"])
 @pytest.mark.parametrize("seed", range(4))
 def test_max_gradient_random_ties_and_clipped_boxes(seed, method, monkeypatch):
     """Random integer maps (repeated maxima), boxes partly or wholly outside the map, boxes
@@ -435,8 +438,9 @@ def test_saved_model_export_dynamic_batch(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_max_methods_agree(dtype, monkeypatch):
-    """The direct (separable running max) and the table (2-D sparse table) forwards give the same
-    outputs, bit for bit, and the same gradients, on a Fast R-CNN-like map with many boxes of
+    """The direct (separable running max) and the table (2-D sparse table) forwards and the
+    keras.ops implementation (other backends) give the same outputs, bit for bit, and the same
+    gradients, on a Fast R-CNN-like map with many boxes of
     all sizes (windows of 1 to ~12 cells) and on a map with many ties (zeros, -0.0)."""
     import ku.layers.roi_pooling_2d as roi_module
 
@@ -450,13 +454,14 @@ def test_max_methods_agree(dtype, monkeypatch):
                      -1).astype(np.float32)
     w = rng.normal(size=(2, k, 7, 7, 6)).astype(dtype)
     res = {}
-    for method in ["direct", "table"]:
+    for method in ["direct", "table", "ops"]:
         monkeypatch.setattr(roi_module, "_MAX_METHOD", method)
         layer = RoiPooling2D(7, 1 / 16)
         res[method] = (np.asarray(layer([x, boxes])), _grad(layer, x, boxes, w))
-    np.testing.assert_array_equal(res["table"][0], res["direct"][0])
-    assert (np.signbit(res["table"][0]) == np.signbit(res["direct"][0])).all()
-    np.testing.assert_array_equal(res["table"][1], res["direct"][1])
+    for method in ["table", "ops"]:
+        np.testing.assert_array_equal(res[method][0], res["direct"][0])
+        assert (np.signbit(res[method][0]) == np.signbit(res["direct"][0])).all()
+        np.testing.assert_array_equal(res[method][1], res["direct"][1])
     if dtype == "float32":
         ref = first_max_gradient_ref(x, boxes, (7, 7), 1 / 16, w)
         np.testing.assert_allclose(res["table"][1], ref, rtol=1e-5, atol=1e-5)

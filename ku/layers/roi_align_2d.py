@@ -48,6 +48,15 @@ def _bilinear_axis(coord, length):
     return i0, i1, w0, w1
 
 
+def _take_columns(rows, cols):
+    """``rows (R, n, W, C)`` at the columns ``cols (R, m)`` of each box -> ``(R, n, m, C)``."""
+    if keras.backend.backend() == "tensorflow":  # no (R, n, m, C) index tensor
+        import tensorflow as tf
+
+        return tf.gather(rows, cols, axis=2, batch_dims=1)
+    return ops.take_along_axis(rows, cols[:, None, :, None], axis=2)
+
+
 @keras.saving.register_keras_serializable(package="ku")
 class RoiAlign2D(BaseRoiLayer):
     """ROI align: bilinear sampling of boxes to a fixed grid (the "Align" rows of Jia et al.
@@ -108,8 +117,6 @@ class RoiAlign2D(BaseRoiLayer):
         return lo[:, None] + (j + 0.5) * step[:, None]                # (R, n * sr)
 
     def call(self, inputs):
-        import tensorflow as tf
-
         x, boxes = self._check_inputs(inputs)
         oh, ow = self.output_size
         sr = self.sampling_ratio
@@ -117,19 +124,20 @@ class RoiAlign2D(BaseRoiLayer):
         b = flat * self.spatial_scale - (0.5 if self.aligned else 0.0)
         ys = self._axis_samples(b[:, 0], b[:, 2], oh)
         xs = self._axis_samples(b[:, 1], b[:, 3], ow)
-        shape = tf.shape(x)
+        shape = ops.shape(x)
         h, w = shape[1], shape[2]
         c = x.shape[-1] if x.shape[-1] is not None else shape[3]
         dt = x.dtype
-        # rows: (R, oh*sr, W, C)
+        # rows: (R, oh*sr, W, C), gathered from the (B * H, W, C) rows of the map
         y0, y1, wy0, wy1 = _bilinear_axis(ys, h)
-        src = ops.broadcast_to(bidx[:, None], ops.shape(y0))
-        rows = tf.gather_nd(x, ops.stack([src, y0], -1)) * ops.cast(wy0, dt)[:, :, None, None] \
-            + tf.gather_nd(x, ops.stack([src, y1], -1)) * ops.cast(wy1, dt)[:, :, None, None]
+        by = bidx[:, None] * ops.cast(h, "int32")
+        x_rows = ops.reshape(x, (-1, w, c))
+        rows = ops.take(x_rows, by + y0, axis=0) * ops.cast(wy0, dt)[:, :, None, None] \
+            + ops.take(x_rows, by + y1, axis=0) * ops.cast(wy1, dt)[:, :, None, None]
         # columns: (R, oh*sr, ow*sr, C)
         x0, x1, wx0, wx1 = _bilinear_axis(xs, w)
-        cols = tf.gather(rows, x0, axis=2, batch_dims=1) * ops.cast(wx0, dt)[:, None, :, None] \
-            + tf.gather(rows, x1, axis=2, batch_dims=1) * ops.cast(wx1, dt)[:, None, :, None]
+        cols = _take_columns(rows, x0) * ops.cast(wx0, dt)[:, None, :, None] \
+            + _take_columns(rows, x1) * ops.cast(wx1, dt)[:, None, :, None]
         out = ops.reshape(cols, (-1, oh, sr, ow, sr, c))
         out = ops.mean(out, axis=(2, 4))
         if k is not None:

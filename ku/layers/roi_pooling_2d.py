@@ -27,11 +27,14 @@ import keras
 from keras import ops
 
 from ku.layers._roi_common import BaseRoiLayer, flatten_boxes
+from ku.layers._roi_pool_ops import roi_pool
 
 __all__ = ["RoiPooling2D", "roi_bin_bounds"]
 
 _MODES = ("max", "average")
-# forward method of max pooling: "auto", "direct" or "table" (see _roi_max_pool; tests set it)
+# TensorFlow backend, forward method of max pooling: "auto", "direct" or "table" (see
+# _roi_max_pool), or "ops": the keras.ops implementation the other backends run (both modes;
+# ku.layers._roi_pool_ops). Tests set it.
 _MAX_METHOD = "auto"
 _CHUNK_CELLS = 1 << 20
 
@@ -465,19 +468,21 @@ class RoiPooling2D(BaseRoiLayer):
         self.mode = mode
 
     def call(self, inputs):
-        import tensorflow as tf
-
         x, boxes = self._check_inputs(inputs)
         oh, ow = self.output_size
         flat, bidx, k = flatten_boxes(boxes, "RoiPooling2D")
         corners = ops.cast(_round_half_away(flat * self.spatial_scale), "int32")   # eq. 1
-        shape = tf.shape(x)
+        shape = ops.shape(x)
         h, w = shape[1], shape[2]
         hlo, hhi = roi_bin_bounds(corners[:, 0], corners[:, 2], oh, h)         # eqs. 2-3
         wlo, whi = roi_bin_bounds(corners[:, 1], corners[:, 3], ow, w)
-        if self.mode == "max":
+        if keras.backend.backend() != "tensorflow" or _MAX_METHOD == "ops":  # keras.ops only
+            out = roi_pool(x, bidx, hlo, hhi, wlo, whi, self.mode)
+        elif self.mode == "max":
             out = _roi_max_pool(x, bidx, hlo, hhi, wlo, whi, _MAX_METHOD)
         else:
+            import tensorflow as tf
+
             # rows: (R, oh, W, C), one gathered row of every window per step
             if k is None:  # one box per image: box r is image r
                 rows = _pool_windows(lambda pos: tf.gather(x, pos, axis=1, batch_dims=1), hlo, hhi,
