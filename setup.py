@@ -28,6 +28,6 @@ setup(
         "absl-py>=2.0",
         "scikit-image>=0.22",
     ],
-    extras_require={"test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "jax>=0.4.36", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"]},
     entry_points={"console_scripts": ["ku = ku.cli:main"]},
 )

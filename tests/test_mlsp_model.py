@@ -152,6 +152,7 @@ def test_saved_extractor_same_output(extractors, tmp_path):
         assert_close(run(reloaded, x), run(extractor, x), rtol=1e-6)
 
 
+@pytest.mark.tensorflow_only("gradients of the weights by tf.GradientTape")
 def test_finetune_model_gradients_reach_backbone(backbones):
     model = finetune_model(
         "inception_v3",
