@@ -157,9 +157,18 @@ def _make_infer(extractor):
 
 
 def _compile_infer(extractor):
-    import tensorflow as tf
+    """``uint8 (B, H, W, 3) -> numpy features``, compiled: on TensorFlow one ``tf.function`` with
+    free batch, height and width (one trace for all image sizes); on other backends the model's
+    own compiled ``predict_on_batch`` (JAX compiles once per input shape: images of many sizes
+    compile many times, so bucket them or extract on TensorFlow), or a plain call for a function."""
+    import keras
 
     call_kw = {"training": False} if hasattr(extractor, "weights") else {}
+    if keras.backend.backend() != "tensorflow":
+        if isinstance(extractor, keras.Model):
+            return lambda x: np.asarray(extractor.predict_on_batch(np.asarray(x, np.float32)))
+        return lambda x: keras.ops.convert_to_numpy(extractor(np.asarray(x, np.float32), **call_kw))
+    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8)], reduce_retracing=True)
     def infer(x):

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+import keras
 import pytest
 
 from ku.data.augment import augment_all, hosu_augmentations
@@ -125,7 +126,7 @@ def test_extraction_matches_direct_computation(reference, images, extractor):
         for row in np.flatnonzero(complete):
             img = read(paths[row])
             assert img.shape[:2] == SIZES[row if row < CORRUPT else row - 1]  # full resolution
-            ref = extractor(augment_all(img).astype("float32"), training=False).numpy()
+            ref = keras.ops.convert_to_numpy(extractor(augment_all(img).astype("float32"), training=False))
             got = s.read([row], "all")[0]
             np.testing.assert_allclose(got, ref, rtol=2e-3, atol=1e-4)  # float16 storage
             assert not np.allclose(got[0], got[1])  # the 8 augmentations differ
