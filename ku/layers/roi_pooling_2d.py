@@ -428,15 +428,12 @@ class RoiPooling2D(BaseRoiLayer):
       corners: four gathers and three maxima per bin, whatever its size.
 
     ``mode="average"`` is differentiated by autodiff through running sums (direct, unchunked).
-    Forward + backward on 2 CPU threads of a shared, noisy machine (2026-11-30, three runs of
-    ``bench/bench_roi.py --quick --repeats=11``, medians (minima) of alternating rounds): at
-    1 x 38 x 50 x 512, 128 boxes -> 7 (Fast R-CNN) 79-95 ms (min 58-72) against 123-169 ms
-    (min 89-121) for ``torchvision.ops.roi_pool`` (0.56-0.70x), ~0.3x the time of the previous
-    version (one running max over the whole batch, no table); at 8 x 397 x 397 x 64 -> 146
-    (Jia et al.) medians 0.75-1.3x of ``torchvision.ops.roi_pool`` (minima 0.82-1.08x) and
-    0.5-0.95x the previous version. On the otherwise idle machine the same day
-    (``bench/README.md``): 0.83x at the Fast R-CNN size, 1.12x and 1.60x at the Jia et al. size
-    (medians of two runs; single rounds vary from 0.3 to 1.1 s), so slower than torchvision there.
+    On backends other than TensorFlow both modes run the ``keras.ops`` implementation of
+    :mod:`ku.layers._roi_pool_ops` (the same outputs and gradients, tested bit for bit).
+    Forward + backward on 2 CPU threads of the otherwise idle machine (2026-11-30,
+    ``bench/bench_roi.py``, medians of alternating rounds, ``bench/README.md``): 0.83x the time of
+    ``torchvision.ops.roi_pool`` at 1 x 38 x 50 x 512 with 128 boxes -> 7 (Fast R-CNN) and
+    0.96x / 0.81x (two runs) at 8 x 397 x 397 x 64 -> 146 (Jia et al.); single rounds vary by 2x.
 
     Inputs: ``[features, boxes]``: ``features (B, H, W, C)``; ``boxes (B, 4)`` or ``(B, K, 4)``
     (float or int, ``(y1, x1, y2, x2)``).
