@@ -30,9 +30,9 @@ def _window_pairs(lo, hi, length: int, n: int):
     """Enumerate the cells of the windows ``[lo, hi)`` (``(R, n)`` int32, clipped to
     ``[0, length]``) of one axis as ``P = length + 2 n`` pairs per box (see the module docstring).
 
-    Returns ``(bin, pos, offset, valid)``, each ``(R, P)``: pair ``p`` of box ``r`` is cell
-    ``pos`` of bin ``bin`` (``offset`` = its place in the window); ``valid`` is False for the
-    pairs past the box's last window (their ``bin`` is ``n - 1`` and ``pos`` is clipped).
+    Returns ``(bin, pos, valid)``, each ``(R, P)``: pair ``p`` of box ``r`` is cell ``pos`` of
+    bin ``bin``; ``valid`` is False for the pairs past the box's last window (their ``bin`` is
+    ``n - 1`` and ``pos`` is clipped).
     """
     n_pairs = int(length) + 2 * int(n)
     width = ops.maximum(hi - lo, 0)                               # (R, n)
@@ -45,27 +45,31 @@ def _window_pairs(lo, hi, length: int, n: int):
     b = ops.minimum(b, n - 1)
     offset = p[None, :] - ops.take_along_axis(start, b, axis=1)
     pos = ops.clip(ops.take_along_axis(lo, b, axis=1) + offset, 0, max(int(length) - 1, 0))
-    return b, pos, offset, valid
+    return b, pos, valid
 
 
 def _reduce_windows(g, seg, n_segments: int, valid, mode):
     """Per-bin max (and the first maximum's pair number) or mean of ``g (R * P, ...)`` over
     segments ``seg (R * P,)`` (``n_segments`` real ones; invalid pairs go to a dummy segment)."""
     seg = ops.where(valid, seg, n_segments)
+
+    def per_pair(v):  # (R * P,) -> (R * P, 1, ...), broadcasting against g
+        return ops.reshape(v, (-1,) + (1,) * (len(g.shape) - 1))
+
     if mode == "max":
         fill = ops.cast(float("-inf"), g.dtype)
-        g = ops.where(ops.reshape(valid, (-1,) + (1,) * (len(g.shape) - 1)), g, fill)
+        g = ops.where(per_pair(valid), g, fill)
         top = ops.segment_max(g, seg, num_segments=n_segments + 1)
         # first maximum: the largest reversed pair number among the pairs equal to the max
         n = ops.shape(g)[0]
-        rev = ops.reshape(n - ops.arange(n, dtype="int32"), (-1,) + (1,) * (len(g.shape) - 1))
+        rev = per_pair(n - ops.arange(n, dtype="int32"))
         hit = ops.where(g == ops.take(top, seg, axis=0), rev, 0)
         first = n - ops.maximum(ops.segment_max(hit, seg, num_segments=n_segments + 1), 1)
         return top[:n_segments], first[:n_segments]
-    g = ops.where(ops.reshape(valid, (-1,) + (1,) * (len(g.shape) - 1)), g, ops.zeros_like(g))
+    g = ops.where(per_pair(valid), g, ops.zeros_like(g))
     total = ops.segment_sum(g, seg, num_segments=n_segments + 1)[:n_segments]
     count = ops.segment_sum(ops.cast(valid, g.dtype), seg, num_segments=n_segments + 1)[:n_segments]
-    return total / ops.reshape(ops.maximum(count, 1), (-1,) + (1,) * (len(g.shape) - 1)), None
+    return total / per_pair(ops.maximum(count, 1)), None
 
 
 def roi_pool(x, bidx, hlo, hhi, wlo, whi, mode: str = "max"):
@@ -77,7 +81,7 @@ def roi_pool(x, bidx, hlo, hhi, wlo, whi, mode: str = "max"):
     oh, ow = int(hlo.shape[1]), int(wlo.shape[1])
     bidx = ops.cast(bidx, "int32")
     # rows: pairs (r, p) over the row windows -> (R, P, W, C) -> per (r, bin row) (R * oh, W, C)
-    hb, hpos, _, hvalid = _window_pairs(hlo, hhi, h, oh)
+    hb, hpos, hvalid = _window_pairs(hlo, hhi, h, oh)
     n_p = int(hpos.shape[1])
     src = ops.stop_gradient(x) if mode == "max" else x
     g = ops.take(ops.reshape(src, (-1, w, c)), ops.reshape(bidx[:, None] * h + hpos, (-1,)), axis=0)
@@ -85,7 +89,7 @@ def roi_pool(x, bidx, hlo, hhi, wlo, whi, mode: str = "max"):
     rows, first = _reduce_windows(g, seg, r * oh, ops.reshape(hvalid, (-1,)), mode)
     rows = ops.reshape(rows, (r, oh, w, c))
     # columns: pairs over the column windows of the (R, oh, W, C) row results -> (R, ow, oh, C)
-    wb, wpos, _, wvalid = _window_pairs(wlo, whi, w, ow)
+    wb, wpos, wvalid = _window_pairs(wlo, whi, w, ow)
     n_q = int(wpos.shape[1])
     cols = ops.take_along_axis(rows, ops.reshape(wpos, (-1, 1, n_q, 1)), axis=2)  # (R, oh, Q, C)
     cols = ops.reshape(ops.transpose(cols, (0, 2, 1, 3)), (-1, oh, c))            # (R * Q, oh, C)
