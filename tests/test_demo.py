@@ -205,8 +205,8 @@ def test_concurrent_builds_never_move_a_complete_set(tmp_path, monkeypatch):
     real = demo._generate
     finished = {}
 
-    def generate_then_someone_else_finishes(tmp, n, seed, te):
-        real(tmp, n, seed, te)
+    def generate_then_someone_else_finishes(tmp, n, seed, te, scale):
+        real(tmp, n, seed, te, scale)
         if not finished:  # while we generated, another process completed the same set
             finished["started"] = True
             finished["inode"] = make_demo_set(root, n_images=n, seed=seed, theme_effects=te).stat().st_ino
@@ -215,3 +215,24 @@ def test_concurrent_builds_never_move_a_complete_set(tmp_path, monkeypatch):
     out = make_demo_set(root, n_images=10, seed=0)
     assert out.stat().st_ino == finished["inode"]  # the other build's folder, not moved aside
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # our copy discarded
+
+
+def test_image_scale_renders_the_same_set_smaller(small, tmp_path, monkeypatch):
+    scaled = make_demo_set(tmp_path / "z", n_images=N, seed=0, image_scale=0.85)
+    for name in ["AVA.txt", "challenges.txt", "aesthetics_image_lists/generic_test.jpgl"]:
+        assert (scaled / name).read_text() == (small / name).read_text(), name  # scores, themes, split
+    t1 = pd.read_csv(small / "demo_truth.csv", dtype={"image_id": str})
+    tz = pd.read_csv(scaled / "demo_truth.csv", dtype={"image_id": str})
+    same = [c for c in t1.columns if c not in ("height", "width")]
+    pd.testing.assert_frame_equal(t1[same], tz[same])
+    np.testing.assert_array_equal(tz["height"], np.round(t1["height"] * 0.85).astype(int))
+    np.testing.assert_array_equal(tz["width"], np.round(t1["width"] * 0.85).astype(int))
+    for r in tz.itertuples():
+        assert read_image(scaled / "images" / f"{r.image_id}.jpg").shape == (r.height, r.width, 3)
+    # the default location names the scale; scale 1 keeps the marker of sets built before the option
+    monkeypatch.setenv("KU_CACHE_DIR", str(tmp_path / "cache"))
+    assert demo_dir(10, 3, image_scale=0.85) == tmp_path / "cache" / "demo-v2-n10-s3-z0.85"
+    assert demo_dir(10, 3, theme_effects=0.5, image_scale=1.0) == tmp_path / "cache" / "demo-v2-n10-s3-t0.5"
+    assert "image_scale" not in (small / demo.MARKER).read_text()
+    with pytest.raises(ValueError, match="image_scale"):
+        make_demo_set(tmp_path / "bad", n_images=N, image_scale=0.3)

@@ -26,7 +26,8 @@ depend on ``n_images``):
    limited by what the source can give without upscaling (short side >= 200 always). A random
    crop of the source with that aspect (between the target size and the largest such crop) is
    resized with ``cv2.INTER_AREA``. Mean side ~ 330 px (the demo extraction runs a CNN on 8 crops
-   of every image on CPU, so total pixels are kept small).
+   of every image on CPU, so total pixels are kept small). ``image_scale < 1`` renders the same
+   crop smaller (sides ``round(side * image_scale)``; the MLSP demo uses 0.85).
 3. **Theme** (AVA challenge): "Free Study" (generic, p = 0.4) or one of four special challenges
    (p = 0.15 each): "Motion Blur", "High Key", "Low Key", "Soft Focus". Each special challenge has
    a *signature* degradation (motion blur, overexposure, underexposure, Gaussian blur).
@@ -95,12 +96,13 @@ width, test`` (``theme_term`` is ``theme`` above, before scaling by ``theme_effe
 about +-0.15 (95% interval) rather than the +-0.3 of 30 images.
 
 The set is cached in ``$KU_CACHE_DIR/demo-v2-n<N>-s<seed>`` (``...-t<theme_effects>`` when the
-theme model is on; default ``~/.cache/ku``). It is
+theme model is on, ``...-z<image_scale>`` for smaller renderings; default ``~/.cache/ku``). It is
 built in a hidden sibling folder and renamed into place after the completion marker is written,
 so an interrupted build never looks complete and is simply rebuilt.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -207,9 +209,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KU_CACHE_DIR", os.path.join("~", ".cache", "ku"))).expanduser()
 
 
-def demo_dir(n_images: int = N_IMAGES, seed: int = 0, theme_effects: float = 0.0) -> Path:
-    """Default location of the demo set: ``cache_dir()/demo-v2-n<N>-s<seed>[-t<theme_effects>]``."""
+def demo_dir(n_images: int = N_IMAGES, seed: int = 0, theme_effects: float = 0.0,
+             image_scale: float = 1.0) -> Path:
+    """Default location of the demo set:
+    ``cache_dir()/demo-v2-n<N>-s<seed>[-t<theme_effects>][-z<image_scale>]``."""
     suffix = f"-t{float(theme_effects):g}" if theme_effects else ""
+    suffix += f"-z{float(image_scale):g}" if float(image_scale) != 1.0 else ""
     return cache_dir() / f"demo-v{DEMO_VERSION}-n{int(n_images)}-s{int(seed)}{suffix}"
 
 
@@ -329,7 +334,7 @@ def _vote_histogram(latent: float, sd: float, n: int, rng: np.random.Generator) 
     return rng.multinomial(n, p / p.sum())
 
 
-def _generate(root: Path, n_images: int, seed: int, theme_effects: float) -> None:
+def _generate(root: Path, n_images: int, seed: int, theme_effects: float, image_scale: float) -> None:
     t0 = time.perf_counter()
     sources = _load_sources()
     g = np.random.default_rng([int(seed), 0])
@@ -359,7 +364,17 @@ def _generate(root: Path, n_images: int, seed: int, theme_effects: float) -> Non
         else:
             kind = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
         strength = 0.0 if kind == "none" else float(rng.uniform(0.15, 1.0))
-        im, pname, pval = degrade(im, kind, strength, rng)
+        if image_scale == 1.0:
+            im, pname, pval = degrade(im, kind, strength, rng)
+        else:  # the same crop rendered smaller, degraded with the same parameters (a copy of the
+            # generator); the full-size image is degraded too, only so that ``rng`` then draws
+            # the same scores as at scale 1 (noise fields draw one number per pixel)
+            small = cv2.resize(src[y:y + ch, x:x + cw], (max(1, int(round(w * image_scale))),
+                                                         max(1, int(round(h * image_scale)))),
+                               interpolation=cv2.INTER_AREA)
+            degraded = degrade(small, kind, strength, copy.deepcopy(rng))
+            degrade(im, kind, strength, rng)
+            im, pname, pval = degraded
         off_topic = OFF_TOPIC_PENALTY if (signature is not None and kind != signature) else 0.0
         content = BASE_SCORE + appeal - GENERIC_WEIGHTS[kind] * strength
         theme_term = (THEME_OFFSETS[theme] - (THEME_WEIGHTS[theme][kind] - GENERIC_WEIGHTS[kind]) * strength
@@ -378,7 +393,7 @@ def _generate(root: Path, n_images: int, seed: int, theme_effects: float) -> Non
                           theme_name=THEMES[theme][0], degradation=kind, strength=round(strength, 6),
                           param_name=pname, param=round(float(pval), 6), content=round(content, 6),
                           theme_term=round(theme_term, 6), latent=round(latent, 6),
-                          vote_sd=round(sd, 6), n_votes=n_votes, height=h, width=w,
+                          vote_sd=round(sd, 6), n_votes=n_votes, height=im.shape[0], width=im.shape[1],
                           test=int(ids[i] in test_ids)))
 
     def write(path, text):
@@ -397,6 +412,7 @@ def _generate(root: Path, n_images: int, seed: int, theme_effects: float) -> Non
     write(root / "demo_truth.csv", buf.getvalue())
     write(root / "README.txt",
           f"ku demo set v{DEMO_VERSION}: {n_images} images, seed {seed}, theme_effects {theme_effects:g}, "
+          f"image_scale {image_scale:g}, "
           "AVA layout. Generated by "
           "ku.data.demo (see its module docstring for the score model); ground truth in demo_truth.csv.\n")
     log.info("demo set n=%d seed=%d theme_effects=%g generated in %.1fs", n_images, seed, theme_effects,
@@ -411,9 +427,12 @@ def _marker_params(root: Path) -> dict | None:
         return None
 
 
-def _wanted(n_images: int, seed: int, theme_effects: float = 0.0) -> dict:
-    return {"version": DEMO_VERSION, "n_images": int(n_images), "seed": int(seed),
-            "theme_effects": float(theme_effects)}
+def _wanted(n_images: int, seed: int, theme_effects: float = 0.0, image_scale: float = 1.0) -> dict:
+    wanted = {"version": DEMO_VERSION, "n_images": int(n_images), "seed": int(seed),
+              "theme_effects": float(theme_effects)}
+    if float(image_scale) != 1.0:  # (sets at scale 1 keep the marker they had before the option)
+        wanted["image_scale"] = float(image_scale)
+    return wanted
 
 
 def _clean_stale(root: Path) -> None:
@@ -433,7 +452,7 @@ def _clean_stale(root: Path) -> None:
 
 
 def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: int = 0,
-                  force: bool = False, theme_effects: float = 0.0) -> Path:
+                  force: bool = False, theme_effects: float = 0.0, image_scale: float = 1.0) -> Path:
     """Build (or reuse) the demo set and return its folder (AVA layout, see the module docstring).
 
     Args:
@@ -444,20 +463,27 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
         theme_effects: strength of the challenges' effect on the scores (module docstring, step 5):
             0 = scores from the pixels only (default), 1 = the full theme model. Images are
             byte-identical for every value.
+        image_scale: every image rendered at this fraction of its size (0.5 .. 1; the same crop
+            of the same source, resized to ``round(side * image_scale)``, then degraded): fewer
+            pixels for the demos that run a CNN on 8 crops of every image at full resolution
+            (the MLSP demo uses 0.85: 28% fewer pixels). Scores, themes, degradations and splits
+            are those of ``image_scale=1``.
     Returns:
         ``pathlib.Path`` of the folder, usable as ``read_ava(root)``.
     Raises:
         FileExistsError: ``root`` exists, is not a demo set (complete or interrupted) and is not
             empty (never deletes foreign files).
     """
-    n_images, seed, theme_effects = int(n_images), int(seed), float(theme_effects)
+    n_images, seed, theme_effects, image_scale = int(n_images), int(seed), float(theme_effects), float(image_scale)
     if n_images < 8:
         raise ValueError(f"n_images must be >= 8, got {n_images}")
+    if not 0.5 <= image_scale <= 1.0:
+        raise ValueError(f"image_scale must be in [0.5, 1], got {image_scale}")
     if not np.isfinite(theme_effects) or theme_effects < 0:
         raise ValueError(f"theme_effects must be a finite number >= 0, got {theme_effects}")
-    root = Path(root).expanduser() if root is not None else demo_dir(n_images, seed, theme_effects)
+    root = Path(root).expanduser() if root is not None else demo_dir(n_images, seed, theme_effects, image_scale)
     root = root.absolute()
-    if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects):
+    if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects, image_scale):
         return root
     if root.exists():
         if not root.is_dir():
@@ -471,11 +497,11 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = root.parent / f".{root.name}.building-{token}"
     try:
-        _generate(tmp, n_images, seed, theme_effects)
+        _generate(tmp, n_images, seed, theme_effects, image_scale)
         with open(tmp / MARKER, "w", encoding="utf-8") as f:  # written last
-            json.dump(_wanted(n_images, seed, theme_effects), f)
+            json.dump(_wanted(n_images, seed, theme_effects, image_scale), f)
         old = None
-        if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects):
+        if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects, image_scale):
             # another process finished the same set meanwhile (and may be reading it): keep
             # theirs, never move a complete set away from under a reader
             shutil.rmtree(tmp, ignore_errors=True)
@@ -486,7 +512,7 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
         try:
             os.rename(tmp, root)
         except OSError:
-            if _marker_params(root) == _wanted(n_images, seed, theme_effects):  # a concurrent build won the race
+            if _marker_params(root) == _wanted(n_images, seed, theme_effects, image_scale):  # a concurrent build won the race
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise
@@ -499,7 +525,8 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
 
 
 def load_demo(n_images: int = N_IMAGES, seed: int = 0, split: str | None = "hosu",
-              root: PathLike | None = None, theme_effects: float = 0.0, **kwargs):
+              root: PathLike | None = None, theme_effects: float = 0.0, image_scale: float = 1.0,
+              **kwargs):
     """Build/reuse the demo set and read it with :func:`ku.data.readers.read_ava`.
 
     ``kwargs`` go to ``read_ava`` (e.g. ``vocabulary``, ``val_fraction``). For ``split="murray"``
@@ -507,7 +534,8 @@ def load_demo(n_images: int = N_IMAGES, seed: int = 0, split: str | None = "hosu
     """
     from ku.data.readers import read_ava
 
-    path = make_demo_set(root=root, n_images=n_images, seed=seed, theme_effects=theme_effects)
+    path = make_demo_set(root=root, n_images=n_images, seed=seed, theme_effects=theme_effects,
+                         image_scale=image_scale)
     if split == "murray":
         kwargs.setdefault("n_validation", 0.05)
     return read_ava(path, split=split, seed=seed, **kwargs)
