@@ -1,5 +1,5 @@
-"""Benchmark: RoiPooling2D forward + backward against torchvision.ops.roi_pool and older ku
-implementations, at two sizes, in one run.
+"""Benchmark: RoiPooling2D (or, with ``--op=align``, RoiAlign2D) forward + backward against
+torchvision.ops.roi_pool (roi_align) and older ku implementations, at two sizes, in one run.
 
 Sizes (``--sizes``):
   theme   Jia et al.'s working size: a feature map like Inception-v3's stem output on the 800 x 800
@@ -23,6 +23,13 @@ Implementations:
   python_loop, map_fn   the layer image by image (theme size only),
   torchvision roi_pool  torchvision.ops.roi_pool (skipped with a message if torch/torchvision
                         cannot be imported; it is not a dependency of ku).
+With ``--op=align`` (``aligned=False``, ``--sampling_ratio`` 2, the same boxes):
+  ku RoiAlign2D         the layer (each bin's mean over its sr x sr samples as a weighted sum of
+                        2 sr rows, then of 2 sr columns; autodiff gradient),
+  align_v1              the layer until 2026-11-30 (all oh * sr sample rows and ow * sr sample
+                        columns interpolated, then averaged),
+  torchvision roi_align torchvision.ops.roi_align (outputs agree to float32 rounding of the
+                        sample coordinates).
 
 Outputs are checked equal before timing (ku's against torchvision's are reported: the two
 agree except where torchvision's float32 bin edges differ from ku's exact integer ones).
@@ -32,6 +39,7 @@ the layer without torch) are printed as markdown tables.
   python bench/bench_roi.py                     # both sizes, 2 threads
   python bench/bench_roi.py --quick --repeats=11  # ku, scatter_v1 and torchvision only
   python bench/bench_roi.py --sizes=theme --batch=16 --repeats=10 --json=bench/results_roi.json
+  python bench/bench_roi.py --op=align --repeats=9 --json=bench/results_roi_align.json
 
 torch must be imported before TensorFlow in one process (the other order crashes with the
 tested wheels); this module does so at its top.
@@ -204,6 +212,40 @@ def roi_pool_scatter_v1(x, boxes, output, scale, mode):
     return out
 
 
+# -- RoiAlign2D as it was until 2026-11-30, for the ratio ------------------------------------
+def roi_align_v1(x, boxes, output, scale, sampling_ratio):
+    """``RoiAlign2D`` (``aligned=False``) until 2026-11-30: both row taps of all ``output * sr``
+    sample rows gathered, ``(R, oh * sr, W, C)`` each, then both column taps, ``(R, oh * sr,
+    ow * sr, C)`` each, then the mean of every bin's ``sr x sr`` samples; autodiff gradients."""
+    import tensorflow as tf
+
+    from ku.layers.roi_align_2d import _bilinear_axis
+
+    flat, bidx, k = _flatten_boxes(boxes, "align_v1")
+    b = flat * scale
+    sr = sampling_ratio
+
+    def samples(lo, hi):
+        step = ops.maximum(hi - lo, 1.0) / float(output * sr)
+        j = ops.arange(output * sr, dtype="float32")[None, :]
+        return lo[:, None] + (j + 0.5) * step[:, None]
+
+    ys, xs = samples(b[:, 0], b[:, 2]), samples(b[:, 1], b[:, 3])
+    shape = tf.shape(x)
+    h, w, c = shape[1], shape[2], x.shape[-1]
+    y0, y1, wy0, wy1 = _bilinear_axis(ys, h)
+    by = bidx[:, None] * h
+    x_rows = tf.reshape(x, (-1, w, c))
+    rows = tf.gather(x_rows, by + y0) * wy0[:, :, None, None] + tf.gather(x_rows, by + y1) * wy1[:, :, None, None]
+    x0, x1, wx0, wx1 = _bilinear_axis(xs, w)
+    cols = (tf.gather(rows, x0, axis=2, batch_dims=1) * wx0[:, None, :, None]
+            + tf.gather(rows, x1, axis=2, batch_dims=1) * wx1[:, None, :, None])
+    out = tf.reduce_mean(tf.reshape(cols, (-1, output, sr, output, sr, c)), axis=(2, 4))
+    if k is not None:
+        out = tf.reshape(out, (-1, k, output, output, c))
+    return out
+
+
 def _data(size, rng, args):
     """Features (NHWC), boxes ((B, 4) or (1, K, 4), input pixels), output side and scale."""
     if size == "theme":  # Jia et al.: stride-2 map of the 800 x 800 canvas, one box per image
@@ -221,8 +263,9 @@ def _data(size, rng, args):
     return x, np.stack([y1, x1, y2, x2], -1).astype(np.float32)[None], 7, 1 / 16
 
 
-def _torchvision_step(x, boxes, output, scale, weights):
-    """torchvision.ops.roi_pool forward + backward on the same data (NCHW, (x1, y1, x2, y2))."""
+def _torchvision_step(x, boxes, output, scale, weights, args):
+    """torchvision.ops.roi_pool (or roi_align) forward + backward on the same data (NCHW,
+    (x1, y1, x2, y2))."""
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     flat = boxes.reshape(-1, 4)
     bidx = np.repeat(np.arange(x.shape[0]), flat.shape[0] // x.shape[0])
@@ -232,7 +275,11 @@ def _torchvision_step(x, boxes, output, scale, weights):
 
     def step():
         leaf = xt.detach().requires_grad_(True)
-        y = torchvision.ops.roi_pool(leaf, rois, (output, output), scale)
+        if args.op == "align":
+            y = torchvision.ops.roi_align(leaf, rois, (output, output), scale,
+                                          sampling_ratio=args.sampling_ratio, aligned=False)
+        else:
+            y = torchvision.ops.roi_pool(leaf, rois, (output, output), scale)
         (y * wt).sum().backward()
         return y, leaf.grad
 
@@ -243,13 +290,16 @@ def _torchvision_step(x, boxes, output, scale, weights):
 
 
 def run_size(size, args, tf, torch_ok):
-    from ku.layers import RoiPooling2D
+    from ku.layers import RoiAlign2D, RoiPooling2D
 
     rng = np.random.default_rng(0)
     x_np, boxes_np, out, scale = _data(size, rng, args)
     b, c = x_np.shape[0], x_np.shape[-1]
     x, boxes = tf.constant(x_np), tf.constant(boxes_np)
-    layer = RoiPooling2D(out, scale, mode=args.mode)
+    if args.op == "align":
+        layer = RoiAlign2D(out, scale, sampling_ratio=args.sampling_ratio)
+    else:
+        layer = RoiPooling2D(out, scale, mode=args.mode)
     w_np = rng.normal(size=layer.compute_output_shape((x_np.shape, boxes_np.shape))).astype(np.float32)
     w = tf.constant(w_np)
 
@@ -263,21 +313,27 @@ def run_size(size, args, tf, torch_ok):
             return y, tape.gradient(loss, x)
         return step
 
-    impls = {
-        "ku RoiPooling2D": fwd_bwd(lambda x, bx: layer([x, bx])),
-        "running_max": fwd_bwd(lambda x, bx: roi_pool_running_max(x, bx, out, scale, args.mode)),
-    }
-    if args.mode == "max":
-        impls["scatter_v1"] = fwd_bwd(lambda x, bx: roi_pool_scatter_v1(x, bx, out, scale, args.mode))
-    if args.quick:
-        impls.pop("running_max")
-    if size == "theme" and not args.quick:  # (gather_k: ~6 s a round at the Fast R-CNN size)
-        impls["gather_k"] = fwd_bwd(lambda x, bx: roi_pool_gather_k(x, bx, out, scale, args.mode))
-        impls["python_loop"] = fwd_bwd(lambda x, bx: tf.concat(
-            [layer([x[i:i + 1], bx[i:i + 1]]) for i in range(b)], 0))
-        impls["map_fn"] = fwd_bwd(lambda x, bx: tf.map_fn(
-            lambda e: layer([e[0][None], e[1][None]])[0], (x, bx),
-            fn_output_signature=tf.TensorSpec((out, out, c), tf.float32)))
+    if args.op == "align":
+        ours = "ku RoiAlign2D"
+        impls = {ours: fwd_bwd(lambda x, bx: layer([x, bx])),
+                 "align_v1": fwd_bwd(lambda x, bx: roi_align_v1(x, bx, out, scale, args.sampling_ratio))}
+    else:
+        ours = "ku RoiPooling2D"
+        impls = {
+            ours: fwd_bwd(lambda x, bx: layer([x, bx])),
+            "running_max": fwd_bwd(lambda x, bx: roi_pool_running_max(x, bx, out, scale, args.mode)),
+        }
+        if args.mode == "max":
+            impls["scatter_v1"] = fwd_bwd(lambda x, bx: roi_pool_scatter_v1(x, bx, out, scale, args.mode))
+        if args.quick:
+            impls.pop("running_max")
+        if size == "theme" and not args.quick:  # (gather_k: ~6 s a round at the Fast R-CNN size)
+            impls["gather_k"] = fwd_bwd(lambda x, bx: roi_pool_gather_k(x, bx, out, scale, args.mode))
+            impls["python_loop"] = fwd_bwd(lambda x, bx: tf.concat(
+                [layer([x[i:i + 1], bx[i:i + 1]]) for i in range(b)], 0))
+            impls["map_fn"] = fwd_bwd(lambda x, bx: tf.map_fn(
+                lambda e: layer([e[0][None], e[1][None]])[0], (x, bx),
+                fn_output_signature=tf.TensorSpec((out, out, c), tf.float32)))
     calls = {name: (lambda fn=fn: fn(x, boxes)) for name, fn in impls.items()}
     ref = None
     for name, fn in calls.items():
@@ -285,16 +341,21 @@ def run_size(size, args, tf, torch_ok):
         y, g = y.numpy(), g.numpy()
         if ref is None:
             ref = (y, g)
+        elif args.op == "align":  # the same sums in another order
+            np.testing.assert_allclose(y.reshape(ref[0].shape), ref[0], rtol=1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(g, ref[1], rtol=1e-5, atol=1e-5, err_msg=name)
         else:  # the outputs are bit-identical; gradients differ by the order of the sums only
             np.testing.assert_array_equal(y.reshape(ref[0].shape), ref[0], err_msg=name)
             np.testing.assert_allclose(g, ref[1], rtol=1e-5, atol=1e-5, err_msg=name)
     tv_note = ""
+    tv_name = f"torchvision roi_{args.op}"
     if torch_ok and args.mode == "max":
-        step, to_nhwc = _torchvision_step(x_np, boxes_np, out, scale, w_np)
+        step, to_nhwc = _torchvision_step(x_np, boxes_np, out, scale, w_np, args)
         ty, tg = to_nhwc(*step())
+        why = "float32 sample coordinates" if args.op == "align" else "float32 bin edges"
         tv_note = (f"torchvision vs ku: max |output diff| {np.abs(ty - ref[0].reshape(ty.shape)).max():.3g}, "
-                   f"max |gradient diff| {np.abs(tg - ref[1]).max():.3g} (float32 bin edges)")
-        calls["torchvision roi_pool"] = step
+                   f"max |gradient diff| {np.abs(tg - ref[1]).max():.3g} ({why})")
+        calls[tv_name] = step
     elif args.mode == "max":
         tv_note = "torchvision rows skipped: torch / torchvision not importable in this environment"
     ts = {name: [] for name in calls}
@@ -308,9 +369,10 @@ def run_size(size, args, tf, torch_ok):
     med = {name: float(np.median(v)) for name, v in ts.items()}
 
     shape = "x".join(map(str, x_np.shape))
+    mode = f"sampling_ratio={args.sampling_ratio}" if args.op == "align" else f"mode={args.mode}"
     print(f"\n{size}: forward+backward, features {shape}, boxes {tuple(boxes_np.shape)} -> {out}x{out}, "
-          f"spatial_scale {scale:g}, mode={args.mode}; median (min..max) of {args.repeats} alternating rounds\n")
-    base = "torchvision roi_pool" if "torchvision roi_pool" in med else "ku RoiPooling2D"
+          f"spatial_scale {scale:g}, {mode}; median (min..max) of {args.repeats} alternating rounds\n")
+    base = tv_name if tv_name in med else ours
     print(f"| implementation | ms / batch (median) | min..max ms | x {base} |")
     print("|---|---|---|---|")
     for name, t in med.items():
@@ -333,6 +395,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (after one warm-up run)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of TF and torch")
     ap.add_argument("--mode", default="max", choices=["max", "average"], help="pooling mode")
+    ap.add_argument("--op", default="pool", choices=["pool", "align"],
+                    help="RoiPooling2D vs roi_pool, or RoiAlign2D vs roi_align (aligned=False)")
+    ap.add_argument("--sampling_ratio", type=int, default=2, help="align: samples per bin and axis")
     ap.add_argument("--quick", action="store_true",
                     help="only ku RoiPooling2D, scatter_v1 and torchvision")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
