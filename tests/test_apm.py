@@ -168,7 +168,6 @@ def tiny_backbone(channels=6, seed=0):
     return masked_model(base, name="backbone")
 
 
-@pytest.mark.tensorflow_only("the model's input layer MinSideUpscale is TensorFlow code, not traceable by jax.jit")
 @pytest.mark.parametrize("variant, n_out", [("dist", 10), ("dist_eucl", 10), ("mean", 1)])
 def test_variants_output_and_loss_match_numpy(variant, n_out):
     model = apm.apm_model(backbone_model=tiny_backbone(), variant=variant, fc_units=16)
@@ -284,7 +283,6 @@ def test_fusion_weight_recovers_known_mixture():
         apm.fuse_distributions(a, b, 1.5)
 
 
-@pytest.mark.tensorflow_only("the model's input layer MinSideUpscale is TensorFlow code, not traceable by jax.jit")
 def test_apm_m_optimizer_multipliers():
     from ku.optimizers import lr_factors
 

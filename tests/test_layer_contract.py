@@ -162,14 +162,7 @@ def test_symbolic_dtype_is_declared():
                                                          symbolic, eager)
 
 
-# MinSideUpscale is TensorFlow code (tf.cond, assertions; it sits at the image input of the
-# exported scoring models) and its output size depends on the input sizes' values
-_TF_ONLY_GRADIENT = {"MinSideUpscale[padded]": "TensorFlow layer with a value-dependent output size"}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=[pytest.mark.tensorflow_only(_TF_ONLY_GRADIENT[c])] if c in _TF_ONLY_GRADIENT else [])
-    for c in sorted(c for c, why in NO_TRAINING.items() if why == "list output")])
+@pytest.mark.parametrize("case", sorted(c for c, why in NO_TRAINING.items() if why == "list output"))
 def test_gradient_through_list_outputs(case):
     """For the cases without the harness' training step: a gradient reaches a scale applied to
     the float input through the layer's float outputs, and it is finite and non-zero."""
