@@ -31,3 +31,22 @@ def pytest_collection_modifyitems(config, items):
         if mark is not None:
             reason = mark.args[0] if mark.args else mark.kwargs.get("reason", "needs TensorFlow")
             item.add_marker(pytest.mark.skip(reason=f"TensorFlow only ({backend} backend): {reason}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_tensors_read_by_numpy():
+    """On the PyTorch backend, the tests' ``np.asarray(layer(x))`` reads outputs that require
+    grad (torch refuses ``.numpy()`` on them; users call ``keras.ops.convert_to_numpy``)."""
+    if os.environ["KERAS_BACKEND"] != "torch":
+        yield
+        return
+    import torch
+
+    original = torch.Tensor.__array__
+
+    def __array__(self, *args, **kwargs):
+        return original(self.detach().cpu(), *args, **kwargs)
+
+    torch.Tensor.__array__ = __array__
+    yield
+    torch.Tensor.__array__ = original

@@ -175,7 +175,8 @@ def test_gradient_through_list_outputs(case):
         data = _features(CASES[case]["input_shape"])
 
     def loss(scale):
-        outputs = layer((data[0] * scale, *data[1:])) if isinstance(data, tuple) else layer(data * scale)
+        first = keras.ops.convert_to_tensor(data[0] if isinstance(data, tuple) else data)
+        outputs = layer((first * scale, *data[1:])) if isinstance(data, tuple) else layer(first * scale)
         return sum(keras.ops.sum(keras.ops.square(o)) for o in outputs
                    if keras.backend.is_float_dtype(keras.backend.standardize_dtype(o.dtype)))
 
