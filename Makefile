@@ -21,7 +21,7 @@ setup: $(STAMP)
 JAX_TESTS = tests/test_theme_embedding.py tests/test_losses.py tests/test_optimizers.py \
 	tests/test_area_pooling.py tests/test_roi_pooling.py tests/test_spp.py tests/test_layer_contract.py \
 	tests/test_heads.py tests/test_masking.py tests/test_mlsp_model.py tests/test_apm.py tests/test_theme_roi.py \
-	tests/test_extraction.py tests/test_size_policy.py
+	tests/test_extraction.py tests/test_size_policy.py tests/test_image_modification.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests

@@ -116,7 +116,7 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
         :class:`ModificationResult`.
     """
     import cv2
-    import tensorflow as tf
+    from keras import ops
 
     from ku.layers.l1_normalization import l1_normalize
     from ku.losses import huber_bin_loss
@@ -130,12 +130,12 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
         raise ValueError(f"modify_image: loss must be 'huber' or 'l2', got {loss!r}")
     if n_steps < 0 or step_size <= 0 or max_change <= 0:
         raise ValueError("modify_image: n_steps >= 0, step_size > 0 and max_change > 0 are required")
-    sizes = tf.constant([x0.shape[:2]], tf.int32)
+    sizes = ops.convert_to_tensor(np.array([x0.shape[:2]], np.int32))
 
     def predict(x):
-        return l1_normalize(tf.cast(_pick(model([x, sizes], training=False), output), tf.float32))
+        return l1_normalize(ops.cast(_pick(model([x, sizes], training=False), output), "float32"))
 
-    p_before = predict(tf.constant(x0[None]))[0].numpy().astype(np.float64)
+    p_before = ops.convert_to_numpy(predict(ops.convert_to_tensor(x0[None])))[0].astype(np.float64)
     if isinstance(target, str):
         t = shifted_target(p_before, target, shift)
     else:
@@ -143,37 +143,31 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
         if t.shape != p_before.shape:
             raise ValueError(f"modify_image: target has shape {t.shape}, the model predicts {p_before.shape}")
         t = t / t.sum()
-    t_tf = tf.constant(t[None], tf.float32)
+    t_target = ops.convert_to_tensor(t[None].astype(np.float32))
 
     def objective(x):
         p = predict(x)
         if loss == "huber":  # eq. 1 with sigma = 3 (delta = 1/9), the training loss
-            return tf.reduce_sum(huber_bin_loss(t_tf, p, sigma=3.0))
-        return tf.reduce_sum(tf.square(p - t_tf))
+            return ops.sum(huber_bin_loss(t_target, p, sigma=3.0))
+        return ops.sum(ops.square(p - t_target))
 
-    @tf.function(reduce_retracing=True)
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = objective(x)
-        return value, tape.gradient(value, x)
-
-    x = tf.constant(x0[None])
+    step = _value_and_gradient(objective)
+    x = ops.convert_to_tensor(x0[None])
     lo, hi = np.maximum(x0 - max_change, 0.0)[None], np.minimum(x0 + max_change, 255.0)[None]
     distances = []
     for _ in range(int(n_steps)):
         value, g = step(x)
-        distances.append(float(value))
-        g = g.numpy()
+        distances.append(float(ops.convert_to_numpy(value)))
+        g = ops.convert_to_numpy(g)
         if method == "sign":
             update = np.sign(g) * step_size
         else:
             m = np.abs(g).max()
             update = g / m * step_size if m > 0 else np.zeros_like(g)
-        x = tf.constant(np.clip(x.numpy() - update, lo, hi).astype(np.float32))
-    distances.append(float(objective(x)))
-    x1 = x.numpy()[0]
-    p_after = predict(x)[0].numpy().astype(np.float64)
+        x = ops.convert_to_tensor(np.clip(ops.convert_to_numpy(x) - update, lo, hi).astype(np.float32))
+    distances.append(float(ops.convert_to_numpy(objective(x))))
+    x1 = ops.convert_to_numpy(x)[0]
+    p_after = ops.convert_to_numpy(predict(x))[0].astype(np.float64)
 
     change = np.abs(x1 - x0).sum(axis=-1).astype(np.float32)
     sigma = smooth_sigma if smooth_sigma is not None else 0.01 * max(x0.shape[:2])
@@ -183,6 +177,39 @@ def modify_image(model, image, target="better", *, shift: float = 1.0, step_size
         original=x0, image=x1, heat_map=heat, dist_before=p_before, dist_after=p_after, target=t,
         distances=np.array(distances), mean_before=float(p_before @ scores),
         mean_after=float(p_after @ scores), mean_target=float(t @ scores))
+
+
+def _value_and_gradient(objective):
+    """``x -> (objective(x), d objective / d x)`` for a scalar ``objective`` of one tensor,
+    compiled on the current Keras backend (a ``tf.GradientTape`` in a ``tf.function``,
+    ``jax.jit(jax.value_and_grad(...))`` or torch autograd)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(reduce_retracing=True)
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = objective(x)
+            return value, tape.gradient(value, x)
+
+        return step
+    if backend == "jax":
+        import jax
+
+        return jax.jit(jax.value_and_grad(objective))
+    if backend == "torch":
+        def step(x):
+            x = x.detach().requires_grad_(True)
+            value = objective(x)
+            value.backward()
+            return value.detach(), x.grad
+
+        return step
+    raise NotImplementedError(f"modify_image: no gradient for the Keras backend {backend!r}")
 
 
 def plot_modification(result: ModificationResult, path=None, *, title: Optional[str] = None):

@@ -343,9 +343,11 @@ class MinSideUpscale(keras.layers.Layer):
                         _round_ratio(sizes, self.min_side, ops.maximum(short, 1)[:, None]), sizes)
         if getattr(self, "_canvas", None) is not None:  # a fixed canvas
             canvas = tuple(self._canvas)
-        elif known is not None:  # eager: grown to hold every image, as on TensorFlow
-            grown = ops.convert_to_numpy(new).max(axis=0) if ops.convert_to_numpy(need).any() else hw
-            canvas = (max(hw[0], int(grown[0])), max(hw[1], int(grown[1])))
+        elif known is not None:  # sizes known: grown to hold every image, as on TensorFlow (the
+            # sizes in Python float64, as there; ``new`` may be traced even so, e.g. constant
+            # sizes inside jax.jit)
+            grown = [self._static_size(int(h), int(w)) for h, w in known if min(h, w) < self.min_side]
+            canvas = (max([hw[0]] + [g[0] for g in grown]), max([hw[1]] + [g[1] for g in grown]))
         else:  # traced: grown to the canvas' own upscaled size
             canvas = tuple(max(c, n) for c, n in zip(hw, self._static_size(*hw)))
         # upscale what fits the canvas: new * min(1, canvas_h / new_h, canvas_w / new_w), as
@@ -374,7 +376,7 @@ class MinSideUpscale(keras.layers.Layer):
             return _resize_on_canvas(images, sizes, new, canvas)
 
         if known is not None:
-            return (upscaled() if ops.convert_to_numpy(need).any() else unchanged()), new
+            return (upscaled() if (known.min(axis=-1) < self.min_side).any() else unchanged()), new
         return ops.cond(ops.any(need), upscaled, unchanged), new
 
     def _call_ops(self, inputs):
