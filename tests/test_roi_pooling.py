@@ -221,7 +221,11 @@ def test_values_outside_the_box_do_not_matter(layer):
 # gradients
 # ---------------------------------------------------------------------------------------------
 def _grad(layer, x, boxes, w):
-    return gradient(lambda xt: keras.ops.sum(layer([xt, boxes]) * keras.ops.convert_to_tensor(w)), x)
+    def projection(xt):
+        y = layer([xt, boxes])
+        return keras.ops.sum(y * keras.ops.cast(w, y.dtype))  # (a tensor: torch will not take numpy)
+
+    return gradient(projection, x)
 
 
 def test_max_gradient_goes_to_argmax():
@@ -333,7 +337,7 @@ def test_gradient_matches_finite_differences(layer):
         step = np.zeros_like(x)
         step[i] = delta
         num[i] = (f(x + step) - f(x - step)) / (2 * delta)
-    theo = gradient(lambda v: keras.ops.sum(layer([v, boxes]) * keras.ops.convert_to_tensor(w)), x)
+    theo = _grad(layer, x, boxes, w)
     np.testing.assert_allclose(theo, num, atol=2e-2)
     assert np.abs(theo).sum() > 0
 
