@@ -483,7 +483,8 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
         raise ValueError(f"theme_effects must be a finite number >= 0, got {theme_effects}")
     root = Path(root).expanduser() if root is not None else demo_dir(n_images, seed, theme_effects, image_scale)
     root = root.absolute()
-    if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects, image_scale):
+    wanted = _wanted(n_images, seed, theme_effects, image_scale)
+    if not force and _marker_params(root) == wanted:
         return root
     if root.exists():
         if not root.is_dir():
@@ -499,9 +500,9 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
     try:
         _generate(tmp, n_images, seed, theme_effects, image_scale)
         with open(tmp / MARKER, "w", encoding="utf-8") as f:  # written last
-            json.dump(_wanted(n_images, seed, theme_effects, image_scale), f)
+            json.dump(wanted, f)
         old = None
-        if not force and _marker_params(root) == _wanted(n_images, seed, theme_effects, image_scale):
+        if not force and _marker_params(root) == wanted:
             # another process finished the same set meanwhile (and may be reading it): keep
             # theirs, never move a complete set away from under a reader
             shutil.rmtree(tmp, ignore_errors=True)
@@ -512,7 +513,7 @@ def make_demo_set(root: PathLike | None = None, n_images: int = N_IMAGES, seed: 
         try:
             os.rename(tmp, root)
         except OSError:
-            if _marker_params(root) == _wanted(n_images, seed, theme_effects, image_scale):  # a concurrent build won the race
+            if _marker_params(root) == wanted:  # a concurrent build won the race
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise
