@@ -2,7 +2,9 @@
 
 The tests run on the TensorFlow backend by default; ``KERAS_BACKEND=jax`` runs them on JAX
 (``make test`` does both for the backend-agnostic modules, ``JAX_TESTS`` in the Makefile), where
-the tests marked ``tensorflow_only(reason)`` are skipped with their reason."""
+the tests marked ``tensorflow_only(reason)`` (need TensorFlow itself) or
+``backend_independent(reason)`` (model-level checks the backend does not change, run once; see
+pytest.ini) are skipped with their reason."""
 import os
 import signal
 
@@ -27,10 +29,13 @@ def pytest_collection_modifyitems(config, items):
     if backend == "tensorflow":
         return
     for item in items:
-        mark = item.get_closest_marker("tensorflow_only")
-        if mark is not None:
-            reason = mark.args[0] if mark.args else mark.kwargs.get("reason", "needs TensorFlow")
-            item.add_marker(pytest.mark.skip(reason=f"TensorFlow only ({backend} backend): {reason}"))
+        for name, why in (("tensorflow_only", "TensorFlow only"),
+                          ("backend_independent", "backend-independent, run on the TensorFlow pass")):
+            mark = item.get_closest_marker(name)
+            if mark is not None:
+                reason = mark.args[0] if mark.args else mark.kwargs.get("reason", "")
+                item.add_marker(pytest.mark.skip(reason=f"{why} ({backend} backend): {reason}"))
+                break
 
 
 @pytest.fixture(scope="session", autouse=True)

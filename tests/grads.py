@@ -17,7 +17,8 @@ def gradient(f, x):
     if backend == "jax":
         import jax
 
-        return np.asarray(jax.grad(f)(np.asarray(x)))
+        # one compilation of the whole function (op by op, every primitive compiles for its shape)
+        return np.asarray(jax.jit(jax.grad(f))(np.asarray(x)))
     if backend == "torch":
         import torch
 

@@ -70,6 +70,9 @@ def r101_masked():
 # --------------------------------------------------------------------------------------------
 # padding
 # --------------------------------------------------------------------------------------------
+@pytest.mark.backend_independent(
+    "four image sizes through ResNet-50; on every backend: the masked backbone in test_masking, "
+    "masked SPP in test_spp and the whole masked model in the next test")
 def test_masked_prediction_in_padded_batch_equals_alone(r50_masked):
     images = random_images(SHAPES, seed=1)
     alone = apm.predict_images(r50_masked, images)
@@ -101,6 +104,8 @@ def test_masked_canvas_content_outside_images_is_irrelevant(r50_masked):
     np.testing.assert_allclose(b["distribution"], a["distribution"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.backend_independent("an unmasked twin of the masked model (no ku layer differs); on every "
+                                 "backend: the whole masked model in the previous test")
 def test_unmasked_padding_leaks_and_is_measured(r50_masked, r50_unmasked):
     images = random_images(SHAPES, seed=1)
     canvas, sizes = canvas_of(images)
@@ -120,6 +125,10 @@ def test_unmasked_padding_leaks_and_is_measured(r50_masked, r50_unmasked):
     assert rel > 1e-3  # the leak is real (masked: < 1e-4, test above)
 
 
+R101 = pytest.mark.backend_independent("ResNet-101, the deeper twin of the ResNet-50 tests above")
+
+
+@R101
 def test_resnet101_spp_is_18432_and_masked_exact(r101_masked):
     spp = apm.spp_features_model(r101_masked)
     assert spp.output.shape == (None, 18432)
@@ -132,6 +141,7 @@ def test_resnet101_spp_is_18432_and_masked_exact(r101_masked):
     np.testing.assert_allclose(f_batch, f_alone, rtol=1e-4, atol=1e-6)
 
 
+@R101
 def test_resnet101_layer_structure(r101_masked):
     model = r101_masked
     assert model.get_layer("apm_fc1").units == 8

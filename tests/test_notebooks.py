@@ -30,9 +30,8 @@ def pngs(cell):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_shows_its_figures(path, tmp_path, monkeypatch):
-    """Runs top to bottom and shows its figures; notebook 02 (APM), run a second time in the same work dir, reads the cached teacher
-    targets instead of building the teacher; its numbers (fusion weight, Table 1 rows) must not
-    change (one first run serves both checks: the notebook takes ~90 s)."""
+    """Runs top to bottom and shows its figures (and notebook 02 prints APM-m's fusion weight).
+    The teacher cache that a second run of notebook 02 reads is tested in test_apm_semantic."""
     monkeypatch.setenv("KU_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("KU_NOTEBOOK_WORKDIR", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", INLINE)  # figures land in the outputs, as in Jupyter
@@ -53,10 +52,7 @@ def test_notebook_runs_and_shows_its_figures(path, tmp_path, monkeypatch):
     assert "np.int32(" not in text and "np.int64(" not in text and "np.float" not in text
     assert text.count("scaled down to") <= 1, "one summary line, not one line per image"
     if path.stem == "02_apm_murray2017":
-        first = _result_text(nb)
-        assert any("fusion weight" in ln for ln in first), first
-        monkeypatch.setenv("MPLBACKEND", "Agg")
-        assert _result_text(_run(path, tmp_path)) == first
+        assert "fusion weight of the SPP branch" in text, text[-2000:]
 
 
 def _run(path, workdir):
@@ -65,14 +61,3 @@ def _run(path, workdir):
                             resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
 
-
-def _result_text(nb):
-    """The printed numbers of a run (text and table outputs; timings left out)."""
-    out = []
-    for c in nb.cells:
-        if c.cell_type != "code":
-            continue
-        for o in c.outputs:
-            t = o.get("text", "") or o.get("data", {}).get("text/plain", "")
-            out += [ln for ln in t.splitlines() if "fusion weight" in ln or "KL" in ln or "ku " in ln]
-    return out

@@ -75,9 +75,16 @@ def alone_and_padded(model, imgs, canvas=(160, 160), themes=(3, 5)):
     return alone, padded
 
 
+FULL_SIZE = pytest.mark.backend_independent(
+    "Inception-v3-sized structure and numbers that the backend does not change; on every backend: the "
+    "ROI layers (test_roi_pooling), ThemeEmbedding (test_theme_embedding) and the masked model "
+    "(test_masked_prediction_equals_image_alone)")
+
+
 # ---------------------------------------------------------------------------------------------
 # structure
 # ---------------------------------------------------------------------------------------------
+@FULL_SIZE
 def test_replaced_layer_and_stem_sizes(backbone):
     pool, stem = replaced_pool_layer(backbone)
     assert isinstance(pool, keras.layers.MaxPooling2D) and pool.pool_size == (3, 3) and pool.strides == (2, 2)
@@ -92,6 +99,7 @@ def test_replaced_layer_and_stem_sizes(backbone):
     assert stem_model([np.zeros((1, 117, 139, 3), np.float32)]).shape[1:3] == (56, 67)
 
 
+@FULL_SIZE
 def test_whole_299_image_with_roi73_is_plain_inception_v3(backbone):
     # ROI pooling of the whole 147x147 map to 73x73 == Inception-v3's first max pooling (§III-D)
     model = theme_roi_model(canvas=299, roi_size=73, theme=False, backbone=backbone)
@@ -135,6 +143,7 @@ def test_deprecated_pooling_keyword_warns_and_maps_to_roi_op(backbone):
     assert "roi_align" in [layer.name for layer in aligned.layers]
 
 
+@FULL_SIZE
 def test_batch_norm_frozen(models):
     m = models["plain"]
     bns = [l for l in m.layers if isinstance(l, keras.layers.BatchNormalization)]
@@ -155,6 +164,7 @@ def test_masked_prediction_equals_image_alone(models, kind):
     np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
 
 
+@FULL_SIZE
 def test_unmasked_padding_leaks_and_masking_removes_it(backbone, models, capsys):
     # Plain zero padding leaks through the stem's border convolutions into the ROI's last bins.
     # With the exact box ("valid") of an image at least roi_size feature rows/cols tall, only the
@@ -202,6 +212,7 @@ def test_padding_values_never_reach_the_roi_when_masked(models):
     np.testing.assert_allclose(predict(models["masked"], noisy, s, [1, 2]), ref, rtol=1e-5, atol=1e-6)
 
 
+@FULL_SIZE
 def test_theme_changes_prediction_and_unknown_theme_works(models):
     m = models["masked"]
     x, s = in_canvas(images()[:1] * 3, (160, 160))
