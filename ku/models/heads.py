@@ -384,13 +384,8 @@ def set_output_bias(layer, value, *, zero_kernel: bool = False) -> None:
 # --------------------------------------------------------------------------------------------
 # heads
 # --------------------------------------------------------------------------------------------
-def single_1fc(
-    n_features: int = 16928,
-    output: str = "mos",
-    n_bins: int = 10,
-    name: str = "single_1fc",
-    input_normalization: bool = False,
-) -> keras.Model:
+def single_1fc(n_features: int = 16928, output: str = "mos", n_bins: int = 10, name: str = "single_1fc",
+               input_normalization: bool = False) -> keras.Model:
     """Single-1FC (Hosu et al. 2019 §3.2.1, Fig. 4(a)): one fully-connected layer on the narrow
     MLSP vector (concatenated GAPs), predicting the MOS.
 
@@ -409,15 +404,9 @@ def single_1fc(
     return keras.Model(inputs, outputs, name=name)
 
 
-def single_3fc(
-    n_features: int = 16928,
-    x_size: int = 2048,
-    dropout: Sequence[float] = DROPOUT,
-    output: str = "mos",
-    n_bins: int = 10,
-    name: str = "single_3fc",
-    input_normalization: bool = False,
-) -> keras.Model:
+def single_3fc(n_features: int = 16928, x_size: int = 2048, dropout: Sequence[float] = DROPOUT,
+               output: str = "mos", n_bins: int = 10, name: str = "single_3fc",
+               input_normalization: bool = False) -> keras.Model:
     """Single-3FC (Hosu et al. 2019 §3.2.1, Fig. 4(b)): the 3FC component (X = 2048) on the
     narrow MLSP vector; this is the released narrow head (``train_mlsp_narrow.ipynb``,
     ``docs/released_code.md`` §6.2).
@@ -437,14 +426,8 @@ def single_3fc(
     return keras.Model(inputs, outputs, name=name)
 
 
-def multi_3fc(
-    block_channels: Iterable[int],
-    dropout: Sequence[float] = DROPOUT,
-    output: str = "mos",
-    n_bins: int = 10,
-    name: str = "multi_3fc",
-    input_normalization: bool = False,
-) -> keras.Model:
+def multi_3fc(block_channels: Iterable[int], dropout: Sequence[float] = DROPOUT, output: str = "mos",
+              n_bins: int = 10, name: str = "multi_3fc", input_normalization: bool = False) -> keras.Model:
     """Multi-3FC (Hosu et al. 2019 §3.2.1, Fig. 5): one 3FC per MLSP block, combined linearly.
 
     The input is the narrow MLSP vector (the concatenation of the N block GAPs, width
@@ -499,16 +482,9 @@ def multi_3fc(
     return keras.Model(inputs, outputs, name=name)
 
 
-def pool_3fc(
-    input_shape: Sequence[Optional[int]] = (5, 5, 16928),
-    n_kernels: int = 1024,
-    x_size: int = 2048,
-    dropout: Sequence[float] = DROPOUT,
-    output: str = "mos",
-    n_bins: int = 10,
-    name: str = "pool_3fc",
-    input_normalization: bool = False,
-) -> keras.Model:
+def pool_3fc(input_shape: Sequence[Optional[int]] = (5, 5, 16928), n_kernels: int = 1024,
+             x_size: int = 2048, dropout: Sequence[float] = DROPOUT, output: str = "mos", n_bins: int = 10,
+             name: str = "pool_3fc", input_normalization: bool = False) -> keras.Model:
     """Pool-3FC (Hosu et al. 2019 §3.2.2, Fig. 6), the head on wide MLSP features, as released
     (``train_mlsp_wide.ipynb`` / ``predict_mlsp_wide.ipynb``, ``docs/released_code.md`` §6.3).
 
