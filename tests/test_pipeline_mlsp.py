@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_ids(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    return load_demo(n_images=24, seed=1, root=root, val_fraction=0.25)
+    return load_demo(n_images=24, seed=1, root=root, val_fraction=0.25, image_scale=0.5)  # smaller images
 
 
 def _check_precise_batch_norm(ids, res):
