@@ -1,6 +1,7 @@
 """APM on the demo set with tiny settings: APM-m training with per-layer rates and late fusion
 (§4.1), and the pipeline's batched predictions equal single-image predictions (masking, end to
-end). Semantic pre-training: tests/test_apm_semantic.py."""
+end), on a random VGG16 (what is tested does not depend on the backbone; the masked ResNets are
+tested in test_apm.py). Semantic pre-training: tests/test_apm_semantic.py."""
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ def demo():
 
 def test_apm_m_training_fusion_and_batched_prediction(demo):
     train, val = demo["training"].head(8), demo["validation"].head(6)
-    model = apm.apm_model("resnet50", None, fc_units=16, global_max_branch=True)
+    model = apm.apm_model("vgg16", None, fc_units=16, global_max_branch=True)
     apm.init_output_bias(model, 0.1)
     spp_fc_before = model.get_layer("apm_fc1").get_weights()[0].copy()
     branch_before = model.get_layer("max_branch_fc1").get_weights()[0].copy()

@@ -185,7 +185,7 @@ def test_two_workers_train_apm_and_theme_roi_like_one_process(demo_built, tmp_pa
 # small settings: a few steps of a randomly initialised backbone on the 48-image demo set, a
 # small fraction of the deadline on two busy cores
 SCRIPTS = {
-    "train_apm.py": ["--backbone=resnet50", "--backbone_weights=none", "--nomasked", "--shorter_side=32", "--fc_units=16",
+    "train_apm.py": ["--backbone=vgg16", "--backbone_weights=none", "--nomasked", "--shorter_side=32", "--fc_units=16",
                      "--epochs=1", "--batch_size=16", f"--demo_images={DEMO_IMAGES}", "--verbose=0"],
     "train_theme_roi.py": ["--backbone_weights=none", "--canvas=96", "--roi_size=36", "--epochs=1", "--theme=on",
                            "--augment=flip", "--batch_size=16", f"--demo_images={DEMO_IMAGES}",

@@ -1,5 +1,5 @@
 """ku.pipelines.apm.run_apm from Python on a tiny demo set (the recipe behind scripts/train_apm.py):
-a random ResNet-50 stays frozen, the FC layers train on SPP vectors computed once, and the result
+a random VGG16 (the smallest APM backbone: the recipe does not depend on it) stays frozen, the FC layers train on SPP vectors computed once, and the result
 object carries the tables, the test scores and the files the run wrote."""
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from ku.pipelines.apm import ApmResult, check_apm_args, paper_row, run_apm
 def test_run_apm_tiny_demo(tmp_path):
     ids = load_demo(n_images=16, seed=0, split="murray", root=tmp_path / "demo")
     said = []
-    res = run_apm(ids, tmp_path / "run", demo=True, backbone="resnet50", backbone_weights=None,
+    res = run_apm(ids, tmp_path / "run", demo=True, backbone="vgg16", backbone_weights=None,
                   shorter_side=32, fc_units=16, epochs=2, batch_size=4, verbose=0, echo=said.append)
     assert isinstance(res, ApmResult)
     text = "\n".join(said)

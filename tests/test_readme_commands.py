@@ -23,7 +23,7 @@ RUNS = {"train_pool3fc.py": "runs/pool3fc_wide_demo/run_pool3fc_wide_mos/model.k
 #: tiny settings (the files land at the same paths as with the defaults)
 TINY = {"train_pool3fc.py": ["--demo_images=16", "--backbone=inception_v3", "--max_epochs=1",
                              "--batch_size=4", "--backbone_weights=none", "--verbose=0"],
-        "train_apm.py": ["--demo_images=16", "--backbone=resnet50", "--backbone_weights=none", "--shorter_side=32",
+        "train_apm.py": ["--demo_images=16", "--backbone=vgg16", "--backbone_weights=none", "--shorter_side=32",
                          "--fc_units=16", "--epochs=1", "--batch_size=4", "--verbose=0"]}
 
 
