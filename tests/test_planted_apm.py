@@ -56,10 +56,11 @@ def test_apm_head_on_stored_spp_vectors_learns_planted_brightness(planted):
     vectors computed once through the aspect-ratio batches, the feature standardisation adapted
     on the training vectors, the FC layers trained by fit_apm_head; the *whole* model then
     predicts the held-out images from their pixels. Rows of the stored vectors that do not match
-    their targets, or a head that does not share the model's layers, cannot rank them."""
+    their targets, or a head that does not share the model's layers, cannot rank them. A random
+    VGG16 (a third of ResNet-50's time here; test SRCC 0.935 on 2026-11-30)."""
     train, test = planted["training"], planted["test"]
     keras.utils.set_random_seed(0)
-    model = apm.apm_model("resnet50", None, variant="mean", fc_units=32, feature_normalization=True)
+    model = apm.apm_model("vgg16", None, variant="mean", fc_units=32, feature_normalization=True)
     spp = apm.spp_features_model(model)
     x_train, rows = apm.predict_batches(spp, aspect_batches(train, 16, shorter_side=SIDE))
     x_train = next(iter(x_train.values()))
