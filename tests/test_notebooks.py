@@ -19,6 +19,20 @@ def test_there_is_a_notebook_per_paper():
     assert {"00_quickstart", "01_mlsp_hosu2019", "02_apm_murray2017", "03_theme_roi_jia2019"} <= names
 
 
+def test_notebooks_are_what_the_build_script_writes():
+    """notebooks/_build.py is where the notebooks are edited: the committed cells are its cells."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebook_build", NOTEBOOKS[0].parent / "_build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert sorted(build.NOTEBOOKS) == [p.stem for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        committed = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
+        built = [(c["cell_type"], c["source"]) for c in build.NOTEBOOKS[path.stem]]
+        assert committed == built, f"{path.name} differs from notebooks/_build.py: edit there, then run it"
+
+
 def figure_cells(nb):
     """Indices of the code cells that draw a figure."""
     return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "plt.show()" in c.source]
