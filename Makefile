@@ -24,8 +24,8 @@ JAX_TESTS = tests/test_theme_embedding.py tests/test_losses.py tests/test_optimi
 	tests/test_extraction.py tests/test_size_policy.py tests/test_image_modification.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 --dist loadfile $(JAX_TESTS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 $(JAX_TESTS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/train_pool3fc.py
