@@ -146,6 +146,7 @@ def main(argv):
         from ku.cli import model_commands
 
         print("\n" + model_commands(res.model_path))
+    distribute.end_worker_process(strategy)  # multi-worker: all workers leave together, at once
 
 
 if __name__ == "__main__":

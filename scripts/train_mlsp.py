@@ -168,6 +168,7 @@ def run(head=None, features=None):
     print()
     print(format_table(res.table))
     if not chief:  # the chief writes the plots
+        distribute.end_worker_process(strategy)  # (waits for the chief, then ends this process)
         return res
     scatter = work_dir / "scatter_test.png"
     plots.scatter_predictions(res.y_true, res.y_pred, threshold=5.0, path=scatter,
@@ -184,6 +185,7 @@ def run(head=None, features=None):
     if res.failed:
         print(f"{len(res.failed)} image(s) could not be read and were skipped, e.g. "
               f"{res.failed[0]['image_path']}: {res.failed[0]['error']}")
+    distribute.end_worker_process(strategy)  # multi-worker: all workers leave together, at once
     return res
 
 

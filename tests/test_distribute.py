@@ -55,6 +55,15 @@ def test_multi_worker_without_tf_config_fails_before_tensorflow(monkeypatch):
         get_strategy("multi_worker")
 
 
+def test_end_worker_process_returns_in_one_process():
+    """A script's last call: in single-worker mode it returns (the scripts always call it; in
+    multi-worker mode the two-worker script tests end their processes through it, exit 0)."""
+    from ku.distribute import end_worker_process
+
+    assert end_worker_process(get_strategy("default")) is None
+    assert end_worker_process(None) is None
+
+
 def test_global_batch_size():
     class Two:
         num_replicas_in_sync = 2

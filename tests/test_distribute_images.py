@@ -124,6 +124,7 @@ if info["is_chief"]:
 result["theme_pred"] = predict_views(tmodel, test_ids, canvas=96, batch_size=4, log_resized=False).tolist()
 tmodel.save_weights(os.path.join(out, f"theme-{mode}-{info['task_id']}.weights.h5"))
 json.dump(result, open(os.path.join(out, f"result-{mode}-{info['task_id']}.json"), "w"))
+distribute.end_worker_process(strategy)
 ''')
 
 
