@@ -59,6 +59,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import types
 import weakref
@@ -436,8 +437,6 @@ def end_worker_process(strategy, status: int = 0) -> None:
     script's ``main`` decides to end its process."""
     if not is_multi_worker(strategy):
         return
-    import sys
-
     barrier(strategy)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,6 +1,7 @@
 """ku.pipelines.apm.run_apm from Python on a tiny demo set (the recipe behind scripts/train_apm.py):
-a random VGG16 (the smallest APM backbone: the recipe does not depend on it) stays frozen, the FC layers train on SPP vectors computed once, and the result
-object carries the tables, the test scores and the files the run wrote."""
+a random VGG16 (the smallest APM backbone: the recipe does not depend on it) stays frozen, the FC
+layers train on SPP vectors computed once, and the result object carries the tables, the test
+scores and the files the run wrote."""
 import numpy as np
 import pandas as pd
 import pytest
