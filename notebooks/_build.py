@@ -360,17 +360,17 @@ from ku.data.canvas import targets_from_ids
 from ku.pipelines.mlsp import resolve_weights
 weights = resolve_weights("inception_v3", "auto")
 def build(theme):
+    keras.utils.set_random_seed(0)
     model = theme_roi_model(weights=weights, canvas=CANVAS, roi_size=ROI, theme=theme, n_themes=int(ids.theme_index.max()) + 1)
     prior = targets_from_ids(sets["training"]).mean(axis=0)          # demo only: start at the mean distribution
     dense = model.get_layer("distribution"); k, _ = dense.get_weights()
     dense.set_weights([k, np.log(np.maximum(prior, 1e-6)).astype("float32")])
     return model
-print(f"{build(True).count_params():,} parameters")'''),
+models = {theme: build(theme) for theme in (True, False)}
+print(f"{models[True].count_params():,} parameters (with the theme), {models[False].count_params():,} without")'''),
     md('''## 4. Train with and without the theme (EMD r = 2, SGD momentum 0.9, FC layers at 10x lr)'''),
     code('''results = {}
-for theme in (True, False):
-    keras.utils.set_random_seed(0)
-    model = build(theme)
+for theme, model in models.items():
     common = dict(canvas=CANVAS, theme=theme, log_resized=False)   # the count was printed above
     train = canvas_dataset(sets["training"], training=True, batch_size=8, seed=0, **common)
     val = canvas_dataset(sets["validation"], training=False, batch_size=8, **common)

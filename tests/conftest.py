@@ -12,6 +12,12 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ["KERAS_BACKEND"] == "jax":
+    # The tests' inputs are tiny, so XLA's compile time, not run time, dominates the JAX pass
+    # (eager JAX compiles every op again for every new input shape); LLVM level 0 compiles
+    # faster (JAX pass 6:05 -> 5:07 on 2 cores, 2026-11-30). Numerics are unchanged: no
+    # fast-math either way. Set XLA_FLAGS yourself to override.
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
 def _stop_on_sigterm(signum, frame):

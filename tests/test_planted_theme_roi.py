@@ -81,6 +81,9 @@ def test_head_model_shares_the_models_layers(trained, planted):
     model, _ = trained[True]
     test = planted["test"].head(4)
     x = jia.view_features(model, test, **{**VIEWS, "augment": "none"})[:, 0]
+    # the visual-features model built once (as ku.pipelines.theme_roi passes it) gives the same
+    np.testing.assert_array_equal(
+        jia.view_features(jia.visual_features_model(model), test, **{**VIEWS, "augment": "none"})[:, 0], x)
     themes = test["theme_index"].to_numpy(np.int32)
     head = np.asarray(jia.theme_roi_head_model(model)([x, themes]))
     whole = jia.predict_views(model, test, **{**VIEWS, "augment": "none"})

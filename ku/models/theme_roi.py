@@ -327,7 +327,8 @@ def view_features(model, ids, *, mode="pad_roi", canvas=800, augment="flip_crop"
     """Pooled visual features of every test view of every image (:func:`visual_features_model`
     on :func:`ku.data.canvas.evaluation_views`): ``(N, V, C)`` float32, ``V`` =
     :func:`ku.data.canvas.n_test_views` (6 for ``flip_crop``: original, mirrored, four corner
-    crops)."""
+    crops). ``model``: the theme-ROI model or its :func:`visual_features_model`; pass the latter
+    when calling this several times (every new Keras model traces its own predict function)."""
     from ku.data.canvas import evaluation_views, n_test_views
     from ku.distribute import predict_locally
 
@@ -336,7 +337,8 @@ def view_features(model, ids, *, mode="pad_roi", canvas=800, augment="flip_crop"
     n_views = n_test_views(mode, augment)
     ds = evaluation_views(ids, mode=mode, canvas=canvas, augment=augment, batch_size=batch_size,
                           theme=theme, log_resized=log_resized)
-    x = np.asarray(predict_locally(visual_features_model(model), ds, verbose=verbose), np.float32)
+    features = model if model.layers[-1].name == VISUAL_POOL else visual_features_model(model)
+    x = np.asarray(predict_locally(features, ds, verbose=verbose), np.float32)
     if x.shape[0] != len(ids) * n_views:
         raise RuntimeError(f"view_features: got {x.shape[0]} rows for {len(ids)} images x {n_views} views")
     return x.reshape(len(ids), n_views, -1)

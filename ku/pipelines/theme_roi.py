@@ -277,18 +277,19 @@ def _run_variant(ids, theme, n_themes, n_bins, weights, s, work_dir, echo, strat
     from ku.models import theme_roi as jia
     from ku.training import fit_theme_roi_head
 
-    key = (weights_fingerprint(jia.visual_features_model(model)), name.rsplit("_", 1)[0])
+    features = jia.visual_features_model(model)  # one model, so one traced predict function
+    key = (weights_fingerprint(features), name.rsplit("_", 1)[0])
     if cache.get("key") != key:
         cache.clear()
         cache["key"] = key
 
         def probe_features(k):  # (N, C) float64, as predict_views: the mean over the "none" views
-            x = jia.view_features(model, sets[k], batch_size=s["batch_size"], **{**common, "augment": "none"})
+            x = jia.view_features(features, sets[k], batch_size=s["batch_size"], **{**common, "augment": "none"})
             return x.mean(axis=1, dtype=np.float64)
 
         if not s["train_backbone"]:
             echo(f"   features of every view ({s['augment']}) of the training and validation images")
-            cache["views"] = {k: jia.view_features(model, sets[k], batch_size=s["batch_size"],
+            cache["views"] = {k: jia.view_features(features, sets[k], batch_size=s["batch_size"],
                                                    verbose=verbose, **common)
                               for k in ("training", "validation")}
         # where the probe's view is the original alone (pad_roi, resized_pad), it is view 0 of
