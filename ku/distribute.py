@@ -426,7 +426,7 @@ def barrier(strategy) -> None:
 
 def end_worker_process(strategy, status: int = 0) -> None:
     """The last call of a script run as one worker of a multi-worker strategy: wait for every
-    worker (:func:`barrier`), flush stdout / stderr / logging, and end the process with
+    worker (:func:`exit_handshake`), flush stdout / stderr / logging, and end the process with
     ``os._exit(status)``. Does nothing in single-worker mode, so a script can always call it.
 
     Why: a worker whose partner (the chief, which hosts TensorFlow's coordination service) has
@@ -437,11 +437,56 @@ def end_worker_process(strategy, status: int = 0) -> None:
     script's ``main`` decides to end its process."""
     if not is_multi_worker(strategy):
         return
-    barrier(strategy)
+    from tensorflow.python.eager import context
+
+    exit_handshake(context.context(), worker_info(strategy), _task_names(strategy))
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(status)
+
+
+def _task_names(strategy) -> list:
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return [f"{job}:{i}" for job in ("chief", "worker") for i in range(len(spec.get(job, [])))]
+
+
+def exit_handshake(coordination, info: dict, tasks: list, *, timeout_s: float = 1800.0,
+                   leave_timeout_s: float = 120.0) -> None:
+    """Return when this worker may end its process without breaking another one's work.
+
+    A collective barrier is not enough: a worker that has received everything it needs from the
+    barrier's all-gather may exit while a partner is still fetching this worker's part from it
+    (``UnavailableError: Collective ops is aborted by: Socket closed``: a two-worker test failed
+    so once in a fresh-clone CI run, 2026-11-30).
+    So, through TensorFlow's coordination service (``coordination``: ``tf``'s eager context,
+    hosted by the chief's process):
+
+    1. every worker waits at one barrier of the coordination service: after it, no worker runs a
+       collective any more, so nobody needs another worker's buffers;
+    2. every other worker tells the chief it is leaving (a key; the reply may never come, as the
+       chief may end first) and returns; the chief returns when every other worker has said so (their barrier replies come from its process, so it
+       must outlive them; after ``leave_timeout_s`` it warns and returns anyway).
+
+    ``coordination``: an object with TensorFlow's eager-context methods ``wait_at_barrier``,
+    ``set_config_key_value``, ``get_config_key_value``; ``info``: :func:`worker_info`;
+    ``tasks``: every task's ``"job:index"``, e.g. ``["worker:0", "worker:1"]``. A barrier that
+    fails (a worker died, or ``timeout_s`` passed) raises."""
+    me = f"{info['task_type']}:{info['task_id']}"
+    coordination.wait_at_barrier("ku/end_worker_process", int(timeout_s * 1000))
+    if not info["is_chief"]:
+        try:
+            coordination.set_config_key_value(f"ku/leaving/{me}", "1")
+        except Exception:  # noqa: BLE001  (the chief may end as soon as the key arrives, before it replies)
+            pass
+        return
+    for task in tasks:
+        if task != me:
+            try:
+                coordination.get_config_key_value(f"ku/leaving/{task}", int(leave_timeout_s * 1000))
+            except Exception as e:  # noqa: BLE001  (the run's work is done: exit regardless)
+                logging.getLogger(__name__).warning("end_worker_process: %s did not say it was leaving "
+                                                    "(%s); the chief ends anyway", task, e)
 
 
 def all_workers_agree(strategy, value, what: str = "value") -> None:

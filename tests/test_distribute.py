@@ -64,6 +64,75 @@ def test_end_worker_process_returns_in_one_process():
     assert end_worker_process(None) is None
 
 
+class _FakeCoordination:
+    """TensorFlow's coordination service as the workers of a cluster see it, one object per
+    worker (threads here): the barrier and the key-value store live in the chief's process, so a
+    call whose reply has to come from an exited chief fails with "Socket closed"."""
+
+    def __init__(self, shared, me, chief):
+        self.shared, self.me, self.chief = shared, me, chief
+
+    def _reply(self):
+        if self.me == self.chief:
+            return  # in-process
+        time.sleep(0.05)  # the reply travels from the chief's process
+        if self.chief in self.shared["exited"]:
+            raise RuntimeError("Socket closed")
+
+    def wait_at_barrier(self, barrier_id, timeout_in_ms):
+        self.shared["barrier"].wait(timeout_in_ms / 1000)
+        self._reply()
+        self.shared["past_barrier"][self.me] = time.monotonic()
+
+    def set_config_key_value(self, key, value):
+        with self.shared["cv"]:
+            self.shared["kv"][key] = value
+            self.shared["cv"].notify_all()
+        self._reply()
+
+    def get_config_key_value(self, key, timeout_in_ms=0):
+        with self.shared["cv"]:
+            if not self.shared["cv"].wait_for(lambda: key in self.shared["kv"], timeout_in_ms / 1000 or None):
+                raise TimeoutError(key)
+            return self.shared["kv"][key]
+
+
+def test_exit_handshake_lets_no_worker_leave_while_another_needs_it():
+    """Three workers finishing their work at different times: none returns (and so ends its
+    process) before all have finished, and the chief (the coordination service's host) returns
+    only after every other worker's barrier reply has arrived. A chief that returned right after
+    the barrier fails this test ("Socket closed")."""
+    import threading
+
+    from ku.distribute import exit_handshake
+
+    tasks = ["worker:0", "worker:1", "worker:2"]
+    shared = {"barrier": threading.Barrier(3), "cv": threading.Condition(), "kv": {}, "exited": set(),
+              "past_barrier": {}}
+    done, errors, order = {}, [], []
+
+    def worker(i, work_s):
+        time.sleep(work_s)  # the script's work (its last collective)
+        done[i] = time.monotonic()
+        try:
+            exit_handshake(_FakeCoordination(shared, tasks[i], tasks[0]),
+                           {"task_type": "worker", "task_id": i, "num_workers": 3, "is_chief": i == 0}, tasks,
+                           timeout_s=30)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{tasks[i]}: {e}")
+        order.append((tasks[i], time.monotonic()))
+        shared["exited"].add(tasks[i])
+
+    threads = [threading.Thread(target=worker, args=(i, s)) for i, s in enumerate((0.0, 0.3, 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(order) == 3 and min(t for _, t in order) >= max(done.values())
+    assert dict(order)["worker:0"] >= max(shared["past_barrier"][t] for t in tasks[1:])
+
+
 def test_global_batch_size():
     class Two:
         num_replicas_in_sync = 2
