@@ -229,10 +229,9 @@ def worker_info(strategy=None) -> dict:
         return {"task_type": None, "task_id": 0, "num_workers": 1, "is_chief": True}
     resolver = strategy.cluster_resolver
     ttype, tid = resolver.task_type, int(resolver.task_id or 0)
-    spec = resolver.cluster_spec().as_dict()
-    n = sum(len(spec.get(k, [])) for k in ("chief", "worker"))
-    chief = ttype == "chief" or (ttype == "worker" and tid == 0 and "chief" not in spec)
-    return {"task_type": ttype, "task_id": tid, "num_workers": n, "is_chief": chief}
+    tasks = _task_names(strategy)
+    chief = ttype == "chief" or (ttype == "worker" and tid == 0 and "chief:0" not in tasks)
+    return {"task_type": ttype, "task_id": tid, "num_workers": len(tasks), "is_chief": chief}
 
 
 def is_chief(strategy=None) -> bool:
@@ -447,6 +446,7 @@ def end_worker_process(strategy, status: int = 0) -> None:
 
 
 def _task_names(strategy) -> list:
+    """Every training task of the cluster as ``"job:index"`` (the chief first, if any)."""
     spec = strategy.cluster_resolver.cluster_spec().as_dict()
     return [f"{job}:{i}" for job in ("chief", "worker") for i in range(len(spec.get(job, [])))]
 
@@ -465,8 +465,9 @@ def exit_handshake(coordination, info: dict, tasks: list, *, timeout_s: float = 
     1. every worker waits at one barrier of the coordination service: after it, no worker runs a
        collective any more, so nobody needs another worker's buffers;
     2. every other worker tells the chief it is leaving (a key; the reply may never come, as the
-       chief may end first) and returns; the chief returns when every other worker has said so (their barrier replies come from its process, so it
-       must outlive them; after ``leave_timeout_s`` it warns and returns anyway).
+       chief may end first) and returns; the chief returns when every other worker has said so
+       (their barrier replies come from its process, so it must outlive them; after
+       ``leave_timeout_s`` it warns and returns anyway).
 
     ``coordination``: an object with TensorFlow's eager-context methods ``wait_at_barrier``,
     ``set_config_key_value``, ``get_config_key_value``; ``info``: :func:`worker_info`;
